@@ -1,0 +1,54 @@
+"""Turning a Config into the run's parts; shared by training and sampling so both rebuild
+exactly the same model, schedule and conditioning from `flags.txt`."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from clip_ddpm import diffusion
+from clip_ddpm.config import Config
+from clip_ddpm.contexts import ContextSource, context_source_for
+from clip_ddpm.data import ImageDataset, load_dataset
+from clip_ddpm.models.layers import resolve_conv_impl
+from clip_ddpm.models.unet import UNet
+
+
+def build_model(config: Config, context_dim: int) -> UNet:
+    return UNet(down_chs=tuple(config.down_chs), t_embed_dim=config.t_embed_dim, context_dim=context_dim,
+                conv_impl=resolve_conv_impl(config.conv_impl),
+                dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
+
+
+def build_schedule(config: Config) -> diffusion.Schedule:
+    return diffusion.make_schedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
+
+
+def load_training_dataset(config: Config, split: str = "train") -> ImageDataset:
+    """This process's slice of the training images."""
+    options = {}
+    if config.dataset == "shapes":
+        if config.dataset_size:
+            options["num_images"] = config.dataset_size
+        if config.holdout_pairs:
+            options["holdout_pairs"] = tuple(config.holdout_pairs)
+    elif config.dataset.startswith("tfds:") and config.tfds_data_dir:
+        options["data_dir"] = config.tfds_data_dir
+    return load_dataset(config.dataset, split=split, image_size=config.image_size, seed=config.seed,
+                        process_index=jax.process_index(), process_count=jax.process_count(), **options)
+
+
+def build_context_source(config: Config, dataset: ImageDataset) -> ContextSource:
+    """The conditioning of --condition for this dataset (CLIP conditions read the cache)."""
+    vectors = None
+    if config.condition in ("clip_image", "clip_text"):
+        from clip_ddpm.data.embeddings import clip_context_vectors
+        vectors = clip_context_vectors(config, dataset)
+    return context_source_for(config.condition, dataset, config.context_file, vectors)
+
+
+def init_params(model: UNet, config: Config, context_dim: int, key: jax.Array):
+    """Parameters for images of the configured size (float32)."""
+    size = config.image_size
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
+    context = jnp.zeros((1, context_dim), jnp.float32) if context_dim else None
+    return model.init(key, x, jnp.zeros((1,), jnp.float32), context)

@@ -1,0 +1,121 @@
+"""The DDPM training step and on-device batch drawing, as pure functions jitted over a mesh.
+
+`train_step(state, batch, key) -> (state, metrics)`: timesteps, noise and context-drop masks
+are drawn at the global batch shape from fold_in(key, step), sharded along 'data'.
+`draw_batch(data, key, step)` picks a batch from a dataset that lives on the devices, in a
+per-epoch random order, so the training loop never waits on the host.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from clip_ddpm import conditioning, diffusion
+from clip_ddpm.parallel import data_sharded, replicated
+from clip_ddpm.train_state import TrainState, apply_gradients
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the step needs to know beyond the model and optimiser."""
+
+    context_drop_prob: float = 0.1
+    context_drop: str = "sample"
+    ema_decay: float = 0.999
+    random_flip: bool = False
+
+
+def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: optax.GradientTransformation,
+                    learning_rate_fn: Callable[[jax.Array], jax.Array], step_config: StepConfig,
+                    mesh: Mesh) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """The un-jitted step; `jit_train_step` wraps it with shardings and state donation."""
+    batch_sharding = data_sharded(mesh)
+    num_timesteps = schedule.num_timesteps
+
+    def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+        key = jax.random.fold_in(key, state.step)
+        key_t, key_eps, key_drop = jax.random.split(key, 3)
+        x0 = batch["image"]
+        n = x0.shape[0]
+        t = jax.lax.with_sharding_constraint(
+            jax.random.randint(key_t, (n,), 0, num_timesteps), batch_sharding)
+        eps = jax.lax.with_sharding_constraint(
+            jax.random.normal(key_eps, x0.shape, jnp.float32), batch_sharding)
+        x_t = diffusion.q_sample(schedule, x0, t, eps)
+        context = batch.get("context")
+        if context is not None:
+            context = conditioning.drop_context(key_drop, context, step_config.context_drop_prob,
+                                                step_config.context_drop)
+            context = jax.lax.with_sharding_constraint(context, batch_sharding)
+        t_frac = t.astype(jnp.float32) / num_timesteps
+
+        def loss_fn(params):
+            return diffusion.eps_loss(model.apply(params, x_t, t_frac, context), eps)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        new_state = apply_gradients(state, grads, optimizer, step_config.ema_decay)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "param_norm": optax.global_norm(new_state.params),
+                   "learning_rate": learning_rate_fn(state.step)}
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(train_step: Callable, mesh: Mesh) -> Callable:
+    """State replicated and donated, batch sharded along 'data', metrics replicated."""
+    return jax.jit(train_step,
+                   in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+def draw_batch(data: Batch, key: jax.Array, step: jax.Array, batch_size: int,
+               random_flip: bool = False) -> Batch:
+    """Batch number `step` of a dataset held on the devices.
+
+    Examples are visited in a fresh random order each epoch (the remainder of an epoch is
+    dropped), so every image is seen once per epoch and the order depends only on key and step.
+    data["image"] is uint8 [N, H, W, 3]; other entries are aligned per-example arrays.
+    """
+    n = data["image"].shape[0]
+    steps_per_epoch = n // batch_size
+    epoch, within = step // steps_per_epoch, step % steps_per_epoch
+    order_key, flip_key = jax.random.split(key)
+    order = jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
+    index = jax.lax.dynamic_slice(order, (within * batch_size,), (batch_size,))
+    batch = {name: jnp.take(values, index, axis=0) for name, values in data.items()}
+    image = batch["image"].astype(jnp.float32) / 127.5 - 1.0
+    if random_flip:
+        flip = jax.random.bernoulli(jax.random.fold_in(flip_key, step), 0.5, (batch_size,))
+        image = jnp.where(flip[:, None, None, None], image[:, :, ::-1, :], image)
+    batch["image"] = image
+    return batch
+
+
+def make_data_train_step(train_step: Callable, batch_size: int, random_flip: bool, mesh: Mesh,
+                         to_context: Callable[[Batch], jax.Array | None]) -> Callable:
+    """One jitted program per step: draw the batch on device, build its context, train.
+
+    Returns fn(state, data, key) -> (state, metrics), with the state donated.
+    """
+    def step(state: TrainState, data: Batch, key: jax.Array):
+        data_key, noise_key = jax.random.split(key)
+        batch = draw_batch(data, data_key, state.step, batch_size, random_flip)
+        batch = {"image": batch["image"], "context": to_context(batch)}
+        if batch["context"] is None:
+            del batch["context"]
+        batch = jax.lax.with_sharding_constraint(batch, data_sharded(mesh))
+        return train_step(state, batch, noise_key)
+
+    return jax.jit(step, in_shardings=(replicated(mesh), None, replicated(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))

@@ -1,0 +1,44 @@
+"""Drawing images from a trained U-Net: one jitted reverse process for a whole grid.
+
+A grid has one row per guidance weight w and one column per context; all rows and columns
+are sampled in a single batched call (conditional and unconditional halves included).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clip_ddpm import diffusion
+from clip_ddpm.data.dataset import to_uint8
+
+
+def make_sampler(model: nn.Module, schedule: diffusion.Schedule, image_shape: tuple[int, int, int],
+                 sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0) -> Callable:
+    """fn(params, key, contexts [N, D] | None, guidance [N]) -> float images [N, H, W, C] in [-1, 1]."""
+
+    @jax.jit
+    def run(params, key, contexts, guidance):
+        def eps_fn(x, t_frac, c):
+            return model.apply(params, x, t_frac, c)
+        shape = (guidance.shape[0],) + tuple(image_shape)
+        return diffusion.sample(eps_fn, schedule, key, shape, contexts, guidance, sampler, steps, eta)
+
+    return run
+
+
+def sample_grid(sampler_fn: Callable, params, key: jax.Array, contexts: np.ndarray | None,
+                guidance: Sequence[float], columns: int, repeats: int = 1) -> np.ndarray:
+    """uint8 [len(guidance), columns * repeats, H, W, 3]: row r uses guidance[r]; each context
+    (a column) is drawn `repeats` times side by side."""
+    rows = len(guidance)
+    per_row = columns * repeats
+    w = jnp.repeat(jnp.asarray(guidance, jnp.float32), per_row)
+    ctx = None
+    if contexts is not None:
+        ctx = jnp.tile(jnp.repeat(jnp.asarray(contexts, jnp.float32), repeats, axis=0), (rows, 1))
+    images = np.asarray(sampler_fn(params, key, ctx, w))
+    return to_uint8(images).reshape((rows, per_row) + images.shape[1:])

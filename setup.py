@@ -1,0 +1,30 @@
+"""clip_ddpm: text-to-image DDPM conditioned on CLIP, in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="clip_ddpm",
+    version="0.1.0",
+    description="DDPM with classifier-free guidance conditioned on CLIP embeddings, in JAX/Flax.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["clip_ddpm", "clip_ddpm.*"]),
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax",
+        "orbax-checkpoint",
+        "transformers>=4.40",
+        "safetensors",
+        "tokenizers",
+        "tensorflow-cpu",
+        "tensorflow-datasets",
+        "absl-py",
+        "numpy",
+        "pillow",
+        "tqdm",
+        "tensorboardX",
+    ],
+    extras_require={
+        # torch is only the reference implementation in parity tests; the pin keeps the CPU build.
+        "test": ["pytest", "torch==2.13.0"],
+    },
+)

@@ -17,6 +17,7 @@ setup(
         "tokenizers",
         "tensorflow-cpu",
         "tensorflow-datasets",
+        "importlib_resources",  # needed by tensorflow-datasets' builders, not declared by it
         "absl-py",
         "numpy",
         "pillow",

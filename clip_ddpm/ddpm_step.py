@@ -34,6 +34,20 @@ class StepConfig:
     random_flip: bool = False
 
 
+def step_randomness(key: jax.Array, step: jax.Array, image_shape: tuple[int, ...],
+                    num_timesteps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Timesteps [B], noise [B, H, W, C] and the context-drop key of one step.
+
+    Drawn at the global batch shape from fold_in(key, step): with partitionable threefry each
+    device computes only its rows, the values do not depend on the device count, and a resumed
+    run draws exactly what the uninterrupted run drew.
+    """
+    key_t, key_eps, key_drop = jax.random.split(jax.random.fold_in(key, step), 3)
+    t = jax.random.randint(key_t, image_shape[:1], 0, num_timesteps)
+    eps = jax.random.normal(key_eps, image_shape, jnp.float32)
+    return t, eps, key_drop
+
+
 def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: optax.GradientTransformation,
                     learning_rate_fn: Callable[[jax.Array], jax.Array], step_config: StepConfig,
                     mesh: Mesh) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
@@ -42,14 +56,10 @@ def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: o
     num_timesteps = schedule.num_timesteps
 
     def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-        key = jax.random.fold_in(key, state.step)
-        key_t, key_eps, key_drop = jax.random.split(key, 3)
         x0 = batch["image"]
-        n = x0.shape[0]
-        t = jax.lax.with_sharding_constraint(
-            jax.random.randint(key_t, (n,), 0, num_timesteps), batch_sharding)
-        eps = jax.lax.with_sharding_constraint(
-            jax.random.normal(key_eps, x0.shape, jnp.float32), batch_sharding)
+        t, eps, key_drop = step_randomness(key, state.step, x0.shape, num_timesteps)
+        t = jax.lax.with_sharding_constraint(t, batch_sharding)
+        eps = jax.lax.with_sharding_constraint(eps, batch_sharding)
         x_t = diffusion.q_sample(schedule, x0, t, eps)
         context = batch.get("context")
         if context is not None:

@@ -6,10 +6,11 @@ checkpoints instead of silently starting over in a new folder.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from clip_ddpm.errors import UserError
 
@@ -59,6 +60,15 @@ class Checkpoints:
         elif step not in steps:
             raise UserError(f"no checkpoint at step {step}; available: {sorted(steps) or 'none'}")
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def restore_or_initialize(self, init_fn: Callable[[], Any], sharding: jax.sharding.Sharding) -> Any:
+        """The latest saved state if there is one (the run resumes), else a fresh `init_fn()`,
+        both laid out with `sharding`."""
+        if self.latest_step() is None:
+            return jax.jit(init_fn, out_shardings=sharding)()
+        state = self.restore(abstract_like(jax.eval_shape(init_fn), sharding))
+        logging.info("resumed from the checkpoint of step %d", int(state.step))
+        return state
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""

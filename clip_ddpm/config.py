@@ -22,7 +22,7 @@ DTYPES = ("float32", "bfloat16")
 FLAGS_FILENAME = "flags.txt"
 
 
-def _field(default: Any, help: str, enum: tuple[str, ...] | None = None) -> Any:
+def field(default: Any, help: str, enum: tuple[str, ...] | None = None) -> Any:
     factory = (lambda: default) if isinstance(default, tuple) else None
     metadata = {"help": help, "enum": enum}
     if factory:
@@ -35,55 +35,55 @@ class Config:
     """Everything that defines a DDPM training run."""
 
     # Run.
-    workdir: str = _field("", "Directory for flags.txt, checkpoints, logs and samples (required).")
-    seed: int = _field(0, "Base random seed: parameters, data order, noise and masks derive from it.")
-    num_steps: int = _field(1000, "Total training steps (a resumed run continues up to this).")
-    batch_size: int = _field(64, "Global batch size, split over all devices of all hosts.")
-    log_every: int = _field(50, "Steps between logged scalars.")
-    checkpoint_every: int = _field(500, "Steps between checkpoints (one is always saved at the end).")
-    sample_every: int = _field(0, "Steps between sample grids (0: only at the end).")
-    keep_checkpoints: int = _field(3, "How many checkpoints to keep.")
-    distributed: bool = _field(False, "Call jax.distributed.initialize() for a multi-host run.")
+    workdir: str = field("", "Directory for flags.txt, checkpoints, logs and samples (required).")
+    seed: int = field(0, "Base random seed: parameters, data order, noise and masks derive from it.")
+    num_steps: int = field(1000, "Total training steps (a resumed run continues up to this).")
+    batch_size: int = field(64, "Global batch size, split over all devices of all hosts.")
+    log_every: int = field(50, "Steps between logged scalars.")
+    checkpoint_every: int = field(500, "Steps between checkpoints (one is always saved at the end).")
+    sample_every: int = field(0, "Steps between sample grids (0: only at the end).")
+    keep_checkpoints: int = field(3, "How many checkpoints to keep.")
+    distributed: bool = field(False, "Call jax.distributed.initialize() for a multi-host run.")
 
     # Data.
-    dataset: str = _field("shapes", "Image source: shapes | tfds:NAME | folder:PATH.")
-    image_size: int = _field(32, "Image side in pixels (divisible by 4).")
-    dataset_size: int = _field(0, "Number of training images of a procedural source (0: its default).")
-    holdout_pairs: tuple[str, ...] = _field((), "Shapes classes ('red circle') left out of training.")
-    tfds_data_dir: str = _field("", "tensorflow-datasets data directory (empty: the tfds default).")
-    random_flip: bool = _field(False, "Random horizontal flips of training images.")
+    dataset: str = field("shapes", "Image source: shapes | tfds:NAME | folder:PATH.")
+    image_size: int = field(32, "Image side in pixels (divisible by 4).")
+    dataset_size: int = field(0, "Number of training images of a procedural source (0: its default).")
+    holdout_pairs: tuple[str, ...] = field((), "Shapes classes ('red circle') left out of training.")
+    tfds_data_dir: str = field("", "tensorflow-datasets data directory (empty: the tfds default).")
+    random_flip: bool = field(False, "Random horizontal flips of training images.")
 
     # Conditioning.
-    condition: str = _field("class", "Context of the U-Net.", CONDITIONS)
-    context_file: str = _field("", "With --condition=embedding: a .npy [N, D] aligned with the dataset.")
-    clip_model: str = _field("", "CLIP for clip_image/clip_text: a hub id or a local directory.")
-    context_drop: str = _field("sample", "Classifier-free dropout: whole vector or elementwise.", DROP_MODES)
-    context_drop_prob: float = _field(0.1, "Probability that a context (or element) is dropped.")
+    condition: str = field("class", "Context of the U-Net.", CONDITIONS)
+    context_file: str = field("", "With --condition=embedding: a .npy [N, D] aligned with the dataset.")
+    clip_model: str = field("", "CLIP for clip_image/clip_text: a hub id or a local directory.")
+    context_drop: str = field("sample", "Classifier-free dropout: whole vector or elementwise.", DROP_MODES)
+    context_drop_prob: float = field(0.1, "Probability that a context (or element) is dropped.")
 
     # Model.
-    down_chs: tuple[int, ...] = _field((256, 256, 512), "U-Net channels at the three resolutions.")
-    t_embed_dim: int = _field(8, "Sinusoidal time-embedding width.")
-    dtype: str = _field("float32", "Compute dtype (parameters stay float32).", DTYPES)
-    conv_impl: str = _field("auto", "Convolutions: XLA's, or lowered to matmuls (fast on CPU).", CONV_IMPLS)
+    down_chs: tuple[int, ...] = field((256, 256, 512), "U-Net channels at the three resolutions.")
+    t_embed_dim: int = field(8, "Sinusoidal time-embedding width.")
+    dtype: str = field("float32", "Compute dtype (parameters stay float32).", DTYPES)
+    conv_impl: str = field("auto", "Convolutions: XLA's, or lowered to matmuls (fast on CPU).", CONV_IMPLS)
 
     # Diffusion.
-    timesteps: int = _field(400, "Number of diffusion steps T.")
-    schedule: str = _field("linear", "Noise schedule.", SCHEDULES)
-    beta_start: float = _field(1e-4, "First beta of the linear schedule.")
-    beta_end: float = _field(0.02, "Last beta of the linear schedule.")
+    timesteps: int = field(400, "Number of diffusion steps T.")
+    schedule: str = field("linear", "Noise schedule.", SCHEDULES)
+    beta_start: float = field(1e-4, "First beta of the linear schedule.")
+    beta_end: float = field(0.02, "Last beta of the linear schedule.")
 
     # Optimiser.
-    learning_rate: float = _field(1e-3, "Peak AdamW learning rate.")
-    warmup_steps: int = _field(100, "Linear warm-up steps before the cosine decay.")
-    weight_decay: float = _field(0.0, "AdamW weight decay.")
-    grad_clip: float = _field(1.0, "Global gradient-norm clip (0: none).")
-    ema_decay: float = _field(0.999, "Decay of the exponential moving average of parameters.")
+    learning_rate: float = field(1e-3, "Peak AdamW learning rate.")
+    warmup_steps: int = field(100, "Linear warm-up steps before the cosine decay.")
+    weight_decay: float = field(0.0, "AdamW weight decay.")
+    grad_clip: float = field(1.0, "Global gradient-norm clip (0: none).")
+    ema_decay: float = field(0.999, "Decay of the exponential moving average of parameters.")
 
     # Sample grids written during training.
-    sample_guidance: tuple[float, ...] = _field((0.0, 1.0, 2.0), "Guidance weights w, one grid row each.")
-    sample_columns: int = _field(10, "Conditions (classes or dataset contexts) per grid row.")
-    sampler: str = _field("ddim", "Sampler for the grids written during training.", SAMPLERS)
-    sampling_steps: int = _field(50, "DDIM steps for those grids.")
+    sample_guidance: tuple[float, ...] = field((0.0, 1.0, 2.0), "Guidance weights w, one grid row each.")
+    sample_columns: int = field(10, "Conditions (classes or dataset contexts) per grid row.")
+    sampler: str = field("ddim", "Sampler for the grids written during training.", SAMPLERS)
+    sampling_steps: int = field(50, "DDIM steps for those grids.")
 
     def validate(self) -> "Config":
         """Raises UserError naming the first flag whose value cannot work."""
@@ -128,9 +128,13 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines one absl flag per Config field in `flag_values`."""
-    for field in dataclasses.fields(Config):
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, config_class: type = None) -> None:
+    """Defines one absl flag per field of `config_class` (default Config) in `flag_values`.
+
+    Any frozen dataclass whose fields are declared with `field` (help text, optional enum) and
+    typed str, int, float, bool or tuple works, so every trainer shares this machinery.
+    """
+    for field in dataclasses.fields(config_class or Config):
         help_text, enum = field.metadata["help"], field.metadata["enum"]
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         if enum:
@@ -157,22 +161,23 @@ def _convert(field: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def from_flags(flag_values: flags.FlagValues = flags.FLAGS, **overrides: Any) -> Config:
-    """The Config the parsed flags describe (bad list items are a UserError)."""
+def from_flags(flag_values: flags.FlagValues = flags.FLAGS, config_class: type = None, **overrides: Any):
+    """The config (default class Config) the parsed flags describe; bad list items are a UserError."""
+    config_class = config_class or Config
     values = {}
-    for field in dataclasses.fields(Config):
+    for field in dataclasses.fields(config_class):
         try:
             values[field.name] = _convert(field, flag_values[field.name].value)
         except ValueError as error:
             raise UserError(f"--{field.name}: {error}") from None
     values.update(overrides)
-    return Config(**values)
+    return config_class(**values)
 
 
-def to_flagfile_text(config: Config) -> str:
-    """The config as flagfile lines (`--name=value`), readable by absl's --flagfile."""
+def to_flagfile_text(config: Any) -> str:
+    """A config dataclass as flagfile lines (`--name=value`), readable by absl's --flagfile."""
     lines = []
-    for field in dataclasses.fields(Config):
+    for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if isinstance(value, bool):
             lines.append(f"--{field.name}" if value else f"--no{field.name}")
@@ -183,21 +188,22 @@ def to_flagfile_text(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_flagfile(path: str) -> Config:
-    """Parses a flagfile (such as workdir/flags.txt) into a Config, independent of global flags."""
+def read_flagfile(path: str, config_class: type = None):
+    """Parses a flagfile (such as workdir/flags.txt) into a config (default class Config),
+    independent of the global flags."""
     if not os.path.isfile(path):
         raise UserError(f"no flag file at {path}")
     flag_values = flags.FlagValues()
-    define_flags(flag_values)
+    define_flags(flag_values, config_class)
     try:
         flag_values(["clip_ddpm", f"--flagfile={path}"], known_only=False)
     except flags.Error as error:
         raise UserError(f"cannot read {path}: {error}") from None
-    return from_flags(flag_values)
+    return from_flags(flag_values, config_class)
 
 
-def resume_conflicts(saved: Config, requested: Config) -> list[str]:
+def resume_conflicts(saved: Any, requested: Any, resumable: frozenset[str] = RESUMABLE_FIELDS) -> list[str]:
     """Fields (other than the resumable ones) whose values differ between two configs."""
     return [f"--{f.name}: saved {getattr(saved, f.name)!r}, requested {getattr(requested, f.name)!r}"
-            for f in dataclasses.fields(Config)
-            if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(requested, f.name)]
+            for f in dataclasses.fields(saved)
+            if f.name not in resumable and getattr(saved, f.name) != getattr(requested, f.name)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Any
 
 from clip_ddpm import config as config_lib
-from clip_ddpm.config import Config
 from clip_ddpm.errors import UserError
 
 
@@ -14,7 +14,7 @@ def flags_path(workdir: str) -> str:
     return os.path.join(workdir, config_lib.FLAGS_FILENAME)
 
 
-def check_workdir(config: Config) -> bool:
+def check_workdir(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_FIELDS) -> bool:
     """Makes sure the workdir can be written and, if it holds a run, that this is the same run.
 
     Returns True when an earlier run's flags.txt is there (the run resumes).
@@ -32,8 +32,8 @@ def check_workdir(config: Config) -> bool:
     path = flags_path(workdir)
     if not os.path.exists(path):
         return False
-    saved = config_lib.read_flagfile(path)
-    conflicts = config_lib.resume_conflicts(saved, config)
+    saved = config_lib.read_flagfile(path, type(config))
+    conflicts = config_lib.resume_conflicts(saved, config, resumable)
     if conflicts:
         shown = "; ".join(conflicts[:3]) + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
         raise UserError(f"--workdir {workdir} holds a run with different settings ({shown}); "
@@ -41,7 +41,7 @@ def check_workdir(config: Config) -> bool:
     return True
 
 
-def write_flags(config: Config) -> None:
+def write_flags(config: Any) -> None:
     """Writes the resolved flags (atomically, so a crash never leaves half a file)."""
     path = flags_path(config.workdir)
     temporary = path + ".tmp"

@@ -30,6 +30,7 @@ class LoopSettings:
     log_every: int
     checkpoint_every: int
     sample_every: int = 0
+    stop_at: int | None = None  # stop as if preempted once this step is reached
 
 
 @dataclasses.dataclass
@@ -117,7 +118,7 @@ def run_loop(state: Any, iteration: Callable[[Any], tuple[Any, dict]], settings:
                 if (write_samples and settings.sample_every and step % settings.sample_every == 0
                         and step < settings.num_steps):
                     write_samples(state, step)
-                if stop.received:
+                if stop.received or (settings.stop_at is not None and step >= settings.stop_at):
                     preempted = True
                     break
         checkpoints.save(step, state)

@@ -30,8 +30,12 @@ class TrainResult:
     preempted: bool = False
 
 
-def train_and_evaluate(config: Config) -> TrainResult:
-    """Trains (or resumes) the run described by `config` in config.workdir."""
+def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResult:
+    """Trains (or resumes) the run described by `config` in config.workdir.
+
+    stop_at: stop at that step as a preempted job would (checkpoint, no final samples); the
+    next call resumes. Lets a job run in time slices and tests check exact resumption.
+    """
     config.validate()
     parallel.initialize_distributed(config.distributed)
     parallel.configure_jax()
@@ -86,7 +90,7 @@ def train_and_evaluate(config: Config) -> TrainResult:
             save_grid(images, os.path.join(config.workdir, "samples", f"step_{step:07d}.png"), scale=2)
 
     settings = LoopSettings(config.num_steps, config.batch_size, config.log_every, config.checkpoint_every,
-                            config.sample_every)
+                            config.sample_every, stop_at)
     result = run_loop(state, lambda s: train_iteration(s, data, train_key), settings, checkpoints,
                       MetricWriter(config.workdir, enabled=is_chief), write_samples, show_progress=is_chief)
     return TrainResult(step=result.step, metrics=result.metrics, images_per_second=result.images_per_second,

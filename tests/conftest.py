@@ -10,3 +10,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_threefry_partitionable", True)
+
+# Tests build the same small programs many times (every training run compiles its step and
+# sampler afresh); a persistent compilation cache shared by the session compiles each once.
+import tempfile  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("CLIP_DDPM_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "clip_ddpm_test_jax_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,0 +1,160 @@
+"""End to end through the functions the CLIs call: train, resume, sample, and bad input."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_ddpm import config as config_lib
+from clip_ddpm.checkpoints import Checkpoints
+from clip_ddpm.errors import UserError
+from clip_ddpm.sample import SampleRequest, generate_samples
+from clip_ddpm.training import train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "experiments", "configs", "smoke.cfg")
+
+
+def smoke_config(workdir, **overrides) -> config_lib.Config:
+    config = config_lib.read_flagfile(SMOKE)
+    return dataclasses.replace(config, workdir=str(workdir), **overrides)
+
+
+def _saved_params(workdir):
+    checkpoints = Checkpoints(str(workdir), create=False)
+    step = checkpoints.latest_step()
+    restored = checkpoints._manager.restore(step)
+    checkpoints.close()
+    return step, restored
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke config trained once (6 steps, 4 devices), shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    result = train_and_evaluate(smoke_config(workdir))
+    return workdir, result
+
+
+def test_smoke_config_trains_end_to_end(smoke_run):
+    workdir, result = smoke_run
+    assert result.step == 6 and np.isfinite(result.metrics["loss"])
+    assert os.path.isfile(workdir / "flags.txt") and os.path.isfile(workdir / "metrics.jsonl")
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+    grid = Image.open(workdir / "samples" / "step_0000006.png")
+    # 2 guidance rows x 4 columns of 16px images, 2px padding, scaled 2x.
+    assert grid.size == (2 * (4 * 18 + 2), 2 * (2 * 18 + 2))
+    saved = config_lib.read_flagfile(str(workdir / "flags.txt"))
+    assert saved == smoke_config(workdir)
+
+
+def test_resume_gives_the_params_of_an_uninterrupted_run(tmp_path):
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    first = train_and_evaluate(smoke_config(interrupted, num_steps=8, checkpoint_every=100), stop_at=4)
+    assert first.preempted and first.step == 4
+    assert sorted(os.listdir(interrupted / "checkpoints")) == ["4"]
+    train_and_evaluate(smoke_config(interrupted, num_steps=8, checkpoint_every=100))
+    train_and_evaluate(smoke_config(straight, num_steps=8, checkpoint_every=100))
+    step_a, a = _saved_params(interrupted)
+    step_b, b = _saved_params(straight)
+    assert step_a == step_b == 8
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sample_from_checkpoint_writes_png_and_npz_of_the_right_size(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    out = tmp_path / "grid.png"
+    result = generate_samples(SampleRequest(
+        workdir=str(workdir), class_labels=("0", "red square"), guidance=(0.0, 1.0, 3.0),
+        sampler="ddim", sampling_steps=4, num_samples=2, output=str(out), scale=1))
+    assert result["step"] == 6 and result["columns"] == ["red circle", "red square"]
+    assert Image.open(out).size == (4 * 18 + 2, 3 * 18 + 2)  # 3 rows x (2 classes x 2 samples)
+    images = np.load(tmp_path / "grid.npz")["images"]
+    assert images.shape == (3, 4, 16, 16, 3) and images.dtype == np.uint8
+    with pytest.raises(UserError, match="exists"):  # never overwritten silently
+        generate_samples(SampleRequest(workdir=str(workdir), output=str(out), sampler="ddim", sampling_steps=2))
+
+
+def test_sample_rejects_bad_requests(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    with pytest.raises(UserError, match="no checkpoints"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        (empty / "flags.txt").write_text((workdir / "flags.txt").read_text())
+        (empty / "run_info.json").write_text((workdir / "run_info.json").read_text())
+        generate_samples(SampleRequest(workdir=str(empty)))
+    with pytest.raises(UserError, match="not a class"):
+        generate_samples(SampleRequest(workdir=str(workdir), class_labels=("magenta blob",)))
+    wrong_width = tmp_path / "ctx.npy"
+    np.save(wrong_width, np.zeros((2, 5), np.float32))
+    with pytest.raises(UserError, match=r"this run needs \[N, 36\]"):
+        generate_samples(SampleRequest(workdir=str(workdir), context_file=str(wrong_width)))
+    with pytest.raises(UserError, match="CLIP-conditioned"):
+        generate_samples(SampleRequest(workdir=str(workdir), prompts=("a red circle",)))
+    with pytest.raises(UserError, match="no checkpoint at step 5"):
+        generate_samples(SampleRequest(workdir=str(workdir), step=5))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"image_size": 18}, "multiple of 4"),
+    ({"batch_size": 6}, "not divisible by the 4 devices"),
+    ({"condition": "embedding"}, "needs --context_file"),
+    ({"down_chs": (32, 48, 64)}, "multiples of 32"),
+])
+def test_bad_settings_are_clear_errors(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        train_and_evaluate(smoke_config(tmp_path / "run", **overrides))
+
+
+def test_context_file_must_match_the_dataset(tmp_path):
+    short = tmp_path / "short.npy"
+    np.save(short, np.zeros((10, 8), np.float32))
+    with pytest.raises(UserError, match="has 10 rows but the dataset has 256"):
+        train_and_evaluate(smoke_config(tmp_path / "run", condition="embedding", context_file=str(short)))
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros((256,), np.float32))
+    with pytest.raises(UserError, match="must be 2-D"):
+        train_and_evaluate(smoke_config(tmp_path / "run", condition="embedding", context_file=str(flat)))
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match="not a directory"):
+        train_and_evaluate(smoke_config(blocker))
+    with pytest.raises(UserError, match="cannot create --workdir"):
+        train_and_evaluate(smoke_config(blocker / "run"))
+
+
+def test_failed_start_overwrites_nothing(smoke_run):
+    workdir, _ = smoke_run
+    before = {name: (workdir / name).read_bytes() for name in ("flags.txt", "run_info.json", "metrics.jsonl")}
+    steps_before = sorted(os.listdir(workdir / "checkpoints"))
+    with pytest.raises(UserError, match="holds a run with different settings"):
+        train_and_evaluate(smoke_config(workdir, learning_rate=0.5))
+    with pytest.raises(UserError, match="context_file"):
+        train_and_evaluate(smoke_config(workdir, condition="embedding", context_file="/nonexistent.npy"))
+    after = {name: (workdir / name).read_bytes() for name in before}
+    assert after == before and sorted(os.listdir(workdir / "checkpoints")) == steps_before
+
+
+def _cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_cli_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
+    missing = _cli("clip_ddpm.train", f"--flagfile={tmp_path / 'missing.cfg'}")
+    assert missing.returncode != 0 and "Unable to open flagfile" in missing.stderr.splitlines()[0]
+    bad_enum = _cli("clip_ddpm.train", f"--flagfile={SMOKE}", "--condition=bogus")
+    assert bad_enum.returncode != 0 and "--condition=bogus" in bad_enum.stderr.splitlines()[0]
+    no_ckpt = _cli("clip_ddpm.sample", f"--workdir={tmp_path}")
+    assert no_ckpt.returncode == 2
+    assert no_ckpt.stderr.strip().splitlines() == [f"error: no flag file at {tmp_path}/flags.txt"]

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from clip_ddpm import conditioning, diffusion
 from clip_ddpm.parallel import data_sharded, replicated
-from clip_ddpm.train_state import TrainState, apply_gradients
+from clip_ddpm.train_state import TrainState, apply_gradients, tree_l2_norm
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -73,8 +73,8 @@ def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: o
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         new_state = apply_gradients(state, grads, optimizer, step_config.ema_decay)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-                   "param_norm": optax.global_norm(new_state.params),
+        metrics = {"loss": loss, "grad_norm": tree_l2_norm(grads),
+                   "param_norm": tree_l2_norm(new_state.params),
                    "learning_rate": learning_rate_fn(state.step)}
         return new_state, metrics
 

@@ -22,6 +22,11 @@ class TrainState:
     opt_state: Any
 
 
+def tree_l2_norm(tree: Any) -> jax.Array:
+    """Euclidean norm of all leaves together (logged as grad_norm and param_norm)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
+
+
 def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
     """Step 0, EMA initialised to the parameters."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -47,12 +52,17 @@ def apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTran
 
 
 def make_optimizer(learning_rate: float, num_steps: int, warmup_steps: int, weight_decay: float,
-                   grad_clip: float) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warm-up then cosine decay to 1% of the peak, after global-norm clipping."""
+                   grad_clip: float, weight_decay_mask: Any = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warm-up then cosine decay to 1% of the peak, after global-norm clipping.
+
+    `weight_decay_mask` (a pytree of bools or a function of the params giving one) limits the
+    decay to some parameters; None decays all of them.
+    """
     warmup = max(0, min(warmup_steps, num_steps - 1))
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=learning_rate, warmup_steps=warmup,
         decay_steps=max(num_steps, warmup + 1), end_value=learning_rate * 0.01)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    parts.append(optax.adamw(schedule, weight_decay=weight_decay))
+    parts.append(optax.adamw(schedule, weight_decay=weight_decay, mask=weight_decay_mask))
     return optax.chain(*parts), schedule

@@ -3,7 +3,7 @@
     python benchmarks/cpu.py --peer_script=PATH/torch_unet_peer.py --threads=2
 
 Times our jitted, data-parallel DDPM train step (one CPU device, the same U-Net, batch and
-Adam optimiser) for each --conv_impl, then runs the PyTorch peer in eager mode with the same
+Adam optimiser) for each --conv_impl (auto: XLA 3x3 convs + matmul transposed convs on CPU), then runs the PyTorch peer in eager mode with the same
 sizes and thread count, and prints images/s of each with the ratio to the peer.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--down", default="64,64,128")
     parser.add_argument("--context_dim", type=int, default=512)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--conv_impls", default="matmul,xla")
+    parser.add_argument("--conv_impls", default="auto,xla,matmul")
     return parser.parse_args()
 
 
@@ -36,13 +36,15 @@ def time_ours(args: argparse.Namespace, conv_impl: str) -> dict:
 
     from clip_ddpm import diffusion, parallel
     from clip_ddpm.ddpm_step import StepConfig, jit_train_step, make_train_step
+    from clip_ddpm.models.layers import resolve_conv_impl
     from clip_ddpm.models.unet import UNet, count_params
     from clip_ddpm.train_state import create_train_state
 
     parallel.configure_jax()
     mesh = parallel.make_mesh(jax.devices()[:1])
     down = tuple(int(c) for c in args.down.split(","))
-    model = UNet(down_chs=down, context_dim=args.context_dim, conv_impl=conv_impl)
+    conv, upsample = resolve_conv_impl(conv_impl)
+    model = UNet(down_chs=down, context_dim=args.context_dim, conv_impl=conv, upsample_impl=upsample)
     schedule = diffusion.make_schedule("linear", 400)
     optimizer = optax.adam(1e-4)  # the peer's optimiser
     size, b = args.image_size, args.batch

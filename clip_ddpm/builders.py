@@ -14,8 +14,9 @@ from clip_ddpm.models.unet import UNet
 
 
 def build_model(config: Config, context_dim: int) -> UNet:
+    conv_impl, upsample_impl = resolve_conv_impl(config.conv_impl)
     return UNet(down_chs=tuple(config.down_chs), t_embed_dim=config.t_embed_dim, context_dim=context_dim,
-                conv_impl=resolve_conv_impl(config.conv_impl),
+                conv_impl=conv_impl, upsample_impl=upsample_impl,
                 dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
 
 

@@ -1,10 +1,9 @@
-"""Convolutions with two interchangeable implementations: XLA's and patches-plus-matmul.
+"""Convolutions with two interchangeable implementations: XLA's and matmul-lowered.
 
-XLA:CPU computes convolution gradients far slower than matrix products (a 3x3 conv's backward
-costs about twelve times its forward there), so on CPU we lower the U-Net's two convolution
-kinds to matmuls: a 3x3 "same" conv becomes im2col + one matmul, and the 2x2 stride-2
-transposed conv becomes one matmul + depth-to-space. Both forms share the same parameters and
-compute the same numbers; on GPU/TPU the XLA convolutions (cuDNN) are used.
+XLA:CPU computes some convolution gradients far slower than matrix products, so each of the
+U-Net's two convolution kinds has a matmul form: a 3x3 "same" conv as im2col + one matmul, and
+the 2x2 stride-2 transposed conv as one matmul + depth-to-space. Both forms share the same
+parameters and compute the same numbers; `resolve_conv_impl` picks per backend (cuDNN on GPU).
 """
 from __future__ import annotations
 
@@ -20,13 +19,17 @@ CONV_IMPLS = ("auto", "xla", "matmul")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-    """'auto' picks matmul-lowered convolutions on CPU and XLA's own everywhere else."""
+def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:
+    """(3x3 conv form, 2x2 transposed conv form) for a --conv_impl choice.
+
+    'auto' keeps XLA's 3x3 convolutions everywhere (on XLA:CPU they now beat im2col) and, on CPU,
+    lowers the transposed conv to a matmul: XLA:CPU's transposed-conv gradient is 10-25x slower.
+    """
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     if conv_impl == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "xla"
-    return conv_impl
+        return ("xla", "matmul") if jax.default_backend() == "cpu" else ("xla", "xla")
+    return conv_impl, conv_impl
 
 
 def im2col_3x3(x: jax.Array) -> jax.Array:

@@ -93,12 +93,13 @@ class UpBlock(nn.Module):
     features: int
     groups: int = 32
     conv_impl: str = "xla"
+    upsample_impl: str = "xla"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
         x = jnp.concatenate([x.astype(self.dtype), skip.astype(self.dtype)], axis=-1)
-        x = ConvTranspose2x2(self.features, self.conv_impl, self.dtype)(x)
+        x = ConvTranspose2x2(self.features, self.upsample_impl, self.dtype)(x)
         for _ in range(4):
             x = GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x)
         return x
@@ -121,7 +122,8 @@ class UNet(nn.Module):
     """Predicts the noise in x_t given the timestep fraction and an optional context vector.
 
     context_dim = 0 builds an unconditional model (no context embeddings at all).
-    conv_impl is "xla" or "matmul" (see layers.py); both compute the same function.
+    conv_impl / upsample_impl choose the form of the 3x3 and the transposed convolutions,
+    "xla" or "matmul" (see layers.py); every combination computes the same function.
     """
 
     down_chs: Sequence[int] = (256, 256, 512)
@@ -129,6 +131,7 @@ class UNet(nn.Module):
     context_dim: int = 512
     out_channels: int = 3
     conv_impl: str = "xla"
+    upsample_impl: str | None = None  # transposed-conv form; None: same as conv_impl
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -152,9 +155,10 @@ class UNet(nn.Module):
         t_emb = sinusoidal_embedding(t_frac, self.t_embed_dim)
         up0 = GELUConv(c2, 32, impl, dt, name="up0")(z)
         h = self._condition(up0, t_emb, context, c2, "1")
-        up1 = UpBlock(c1, 32, impl, dt, name="up1")(h, down2)
+        up_impl = self.upsample_impl or impl
+        up1 = UpBlock(c1, 32, impl, up_impl, dt, name="up1")(h, down2)
         h = self._condition(up1, t_emb, context, c1, "2")
-        up2 = UpBlock(c0, 32, impl, dt, name="up2")(h, down1)
+        up2 = UpBlock(c0, 32, impl, up_impl, dt, name="up2")(h, down1)
 
         out = jnp.concatenate([up2, down0.astype(dt)], axis=-1)
         out = Conv3x3(c0, impl, dt, name="out_conv0")(out)

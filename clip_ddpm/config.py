@@ -57,6 +57,8 @@ class Config:
     condition: str = field("class", "Context of the U-Net.", CONDITIONS)
     context_file: str = field("", "With --condition=embedding: a .npy [N, D] aligned with the dataset.")
     clip_model: str = field("", "CLIP for clip_image/clip_text: a hub id or a local directory.")
+    clip_cache_dir: str = field("", "Root of the CLIP embedding cache (empty: $CLIP_DDPM_CACHE, else "
+                                    "~/.cache/clip_ddpm).")
     context_drop: str = field("sample", "Classifier-free dropout: whole vector or elementwise.", DROP_MODES)
     context_drop_prob: float = field(0.1, "Probability that a context (or element) is dropped.")
 
@@ -124,7 +126,7 @@ class Config:
 # never what it computes.
 RESUMABLE_FIELDS = frozenset({
     "workdir", "num_steps", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
-    "distributed", "sample_guidance", "sample_columns", "sampler", "sampling_steps",
+    "distributed", "sample_guidance", "sample_columns", "sampler", "sampling_steps", "clip_cache_dir",
 })
 
 

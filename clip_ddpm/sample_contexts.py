@@ -53,7 +53,11 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
         if info.condition not in ("clip_image", "clip_text"):
             raise UserError(f"--prompt needs a CLIP-conditioned run; this one is --condition={info.condition}")
         from clip_ddpm.prompt_contexts import encode_prompts
-        return encode_prompts(config, list(request.prompts)), list(request.prompts)
+        vectors = encode_prompts(config, list(request.prompts))
+        if vectors.shape[1] != info.context_dim:
+            raise UserError(f"--clip_model {config.clip_model} gives {vectors.shape[1]}-wide embeddings but this "
+                            f"run was trained on {info.context_dim}-wide contexts (has the model changed?)")
+        return vectors, list(request.prompts)
     if request.context_file:
         vectors = _read_context_file(request.context_file, info.context_dim)
         return vectors, [f"context {i}" for i in range(len(vectors))]

@@ -1,0 +1,260 @@
+"""The CLIP-embedding cache of a dataset: images (or captions) embedded once, kept on disk.
+
+CLIP-conditioned training needs one embedding per training image (--condition=clip_image) or
+per caption (--condition=clip_text). Computing them takes far longer than reading them, and
+they depend only on the data and the CLIP weights, so they are computed once, batched, jitted
+and sharded over the devices, and stored as
+
+    <root>/clip_cache/<dataset name>-<weights hash[:16]>/<kind>/
+        manifest.json        what the embeddings are of, and which shards are finished
+        shard_00000.npy      float32 [<= shard_size, D], L2-normalised rows
+        ...
+
+<root> is --clip_cache_dir, else $CLIP_DDPM_CACHE, else ~/.cache/clip_ddpm. Embeddings are
+stored L2-normalised in float32: CLIP compares by cosine, so their length carries no meaning,
+and unit rows are what the U-Net is conditioned on. Each shard is written atomically and then
+recorded in the manifest, so an interrupted build keeps its finished shards and a restarted one
+continues from the first missing shard, computing each shard exactly as a straight run would.
+An existing manifest that describes other data, another model or other preprocessing is
+refused rather than silently mixed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from clip_ddpm.data.dataset import ImageDataset
+from clip_ddpm.errors import UserError
+
+CACHE_ENV = "CLIP_DDPM_CACHE"
+CACHE_FOLDER = "clip_cache"
+MANIFEST_FILE = "manifest.json"
+KINDS = ("image", "text")
+CONDITION_KINDS = {"clip_image": "image", "clip_text": "text"}
+DEFAULT_SHARD_SIZE = 1024
+FORMAT_VERSION = 1
+# Manifest fields that say what the embeddings are; any difference means another cache.
+IDENTITY_FIELDS = ("format", "dataset", "split", "count", "data_sha256", "kind", "weights_hash",
+                   "preprocessing", "embedding_dim", "dtype", "normalization")
+
+
+class EmbeddingCacheError(UserError, RuntimeError):
+    """An embedding cache that cannot be used for the data and model asked for."""
+
+
+def cache_root(cache_dir: str | os.PathLike = "") -> Path:
+    """--clip_cache_dir if given, else $CLIP_DDPM_CACHE, else ~/.cache/clip_ddpm."""
+    root = str(cache_dir) or os.environ.get(CACHE_ENV, "") or os.path.join("~", ".cache", "clip_ddpm")
+    return Path(root).expanduser()
+
+
+def cache_directory(root: str | os.PathLike, dataset_name: str, weights_hash: str, kind: str) -> Path:
+    """Where the `kind` embeddings of one dataset by one CLIP live under a cache root."""
+    if kind not in KINDS:
+        raise EmbeddingCacheError(f"unknown embedding kind {kind!r}; expected one of {', '.join(KINDS)}")
+    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", dataset_name).strip("_") or "dataset"
+    return Path(root) / CACHE_FOLDER / f"{safe}-{weights_hash[:16]}" / kind
+
+
+def as_contexts(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows of unit length: the form of every CLIP context the U-Net sees.
+
+    Training contexts (from the cache) and sampling prompts both pass through here, so a prompt
+    is normalised exactly like the embeddings the model was trained on.
+    """
+    vectors = np.asarray(vectors, np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    if vectors.ndim != 2 or not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+        raise EmbeddingCacheError(f"CLIP embeddings must be finite, non-zero rows [N, D]; got shape "
+                                  f"{vectors.shape}")
+    return (vectors / norms).astype(np.float32)
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def data_fingerprint(dataset: ImageDataset, kind: str) -> str:
+    """sha256 of exactly what gets embedded: the uint8 images, or the captions."""
+    if kind == "text":
+        return _sha256_json(list(dataset.captions))
+    h = hashlib.sha256(str(dataset.images.shape).encode())
+    h.update(np.ascontiguousarray(dataset.images).tobytes())
+    return h.hexdigest()
+
+
+def preprocessing_of(encoder, kind: str) -> dict[str, Any]:
+    """What turns the data into model input: image preprocessing, or context length + tokenizer."""
+    if kind == "image":
+        return json.loads(json.dumps(dataclasses.asdict(encoder.preprocess)))
+    backend = getattr(encoder.tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else repr(getattr(encoder.tokenizer, "vocab", None))
+    return {"context_length": int(encoder.context_length),
+            "tokenizer_sha256": hashlib.sha256(vocabulary.encode("utf-8")).hexdigest()}
+
+
+def new_manifest(dataset: ImageDataset, encoder, kind: str, split: str, shard_size: int) -> dict[str, Any]:
+    """The manifest of a cache not yet started."""
+    count = len(dataset)
+    return {
+        "format": FORMAT_VERSION, "dataset": dataset.name, "split": split, "count": count,
+        "data_sha256": data_fingerprint(dataset, kind), "kind": kind,
+        "clip_model": encoder.name, "weights_hash": encoder.weights_hash,
+        "preprocessing": preprocessing_of(encoder, kind), "embedding_dim": int(encoder.embedding_dim),
+        "dtype": "float32", "normalization": "l2",
+        "shard_size": shard_size, "num_shards": -(-count // shard_size), "finished_shards": [],
+    }
+
+
+def manifest_mismatches(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """'field: cached X, wanted Y' for every identity field that differs."""
+    return [f"{key}: cached {existing.get(key)!r}, wanted {wanted[key]!r}"
+            for key in IDENTITY_FIELDS if existing.get(key) != wanted[key]]
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise EmbeddingCacheError(f"embedding cache manifest {path} is unreadable ({error}); "
+                                  "delete that folder to rebuild it") from None
+    required = ("count", "embedding_dim", "shard_size", "num_shards", "finished_shards")
+    if not isinstance(manifest, dict) or not all(k in manifest for k in required):
+        raise EmbeddingCacheError(f"{path} is not an embedding cache manifest; delete that folder to rebuild it")
+    return manifest
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Writes through a temporary file and a rename, so a crash never leaves half a file (and
+    two processes filling the same cache never write into one temporary file)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise EmbeddingCacheError(f"cannot write the embedding cache in {path.parent}: {error}") from None
+
+
+def _store_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    text = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+    _write_atomically(directory / MANIFEST_FILE, lambda handle: handle.write(text))
+
+
+def shard_path(directory: str | os.PathLike, index: int) -> Path:
+    return Path(directory) / f"shard_{index:05d}.npy"
+
+
+def _shard_rows(manifest: dict[str, Any], index: int) -> tuple[int, int]:
+    start = index * manifest["shard_size"]
+    return start, min(manifest["count"], start + manifest["shard_size"])
+
+
+def _read_shard(directory: Path, manifest: dict[str, Any], index: int) -> np.ndarray | None:
+    """The finished shard `index`, or None when its file is missing or not what it should be."""
+    start, stop = _shard_rows(manifest, index)
+    try:
+        shard = np.load(shard_path(directory, index), allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if shard.dtype != np.float32 or shard.shape != (stop - start, manifest["embedding_dim"]):
+        return None
+    return shard
+
+
+def load_embeddings(directory: str | os.PathLike) -> np.ndarray:
+    """The embeddings of a finished cache, float32 [count, D] (raises if it is unfinished)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise EmbeddingCacheError(f"no embedding cache in {directory} ({MANIFEST_FILE} is missing)")
+    shards = [_read_shard(directory, manifest, i) for i in range(manifest["num_shards"])]
+    missing = [i for i, shard in enumerate(shards) if shard is None]
+    if missing:
+        raise EmbeddingCacheError(f"embedding cache {directory} is unfinished or damaged (shards "
+                                  f"{missing[:5]} missing); run clip_ddpm.embed again to complete it")
+    if not shards:
+        return np.zeros((0, manifest["embedding_dim"]), np.float32)
+    return np.concatenate(shards)
+
+
+def build_embeddings(dataset: ImageDataset, encoder, kind: str, directory: str | os.PathLike,
+                     split: str = "train", shard_size: int = DEFAULT_SHARD_SIZE) -> np.ndarray:
+    """Embeds `dataset` (its images or captions) into `directory`, or completes what is there.
+
+    encoder: a CLIPEncoder (ShardedCLIPEncoder to use every device). Shards listed as finished
+    in an existing manifest are kept (and the manifest's shard size with them); an existing
+    manifest for other data, weights or preprocessing raises EmbeddingCacheError.
+    Returns the whole float32 [N, D] array of unit-norm rows.
+    """
+    if kind not in KINDS:
+        raise EmbeddingCacheError(f"unknown embedding kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if shard_size < 1:
+        raise EmbeddingCacheError(f"shard size must be positive, got {shard_size}")
+    if kind == "text" and encoder.tokenizer is None:
+        raise EmbeddingCacheError(f"CLIP model {encoder.name!r} has no tokenizer, so captions cannot be embedded")
+    directory = Path(directory)
+    wanted = new_manifest(dataset, encoder, kind, split, shard_size)
+    manifest = read_manifest(directory)
+    if manifest is not None:
+        conflicts = manifest_mismatches(manifest, wanted)
+        if conflicts:
+            raise EmbeddingCacheError(
+                f"embedding cache {directory} holds other embeddings ({'; '.join(conflicts[:3])}); "
+                "delete that folder or choose another --clip_cache_dir")
+    else:  # a new cache: its manifest comes first, so every shard on disk is accounted for
+        manifest = wanted
+        _store_manifest(directory, manifest)
+
+    encode = encoder.encode_images if kind == "image" else encoder.encode_texts
+    items = dataset.images if kind == "image" else list(dataset.captions)
+    shards = []
+    for index in range(manifest["num_shards"]):
+        shard = _read_shard(directory, manifest, index) if index in manifest["finished_shards"] else None
+        if shard is None:
+            start, stop = _shard_rows(manifest, index)
+            shard = np.asarray(encode(items[start:stop]), np.float32)
+            if not np.all(np.isfinite(shard)):
+                raise EmbeddingCacheError(f"CLIP gave non-finite {kind} embeddings for rows {start}:{stop}")
+            _write_atomically(shard_path(directory, index), lambda handle: np.save(handle, shard))
+            manifest["finished_shards"] = sorted(set(manifest["finished_shards"]) | {index})
+            _store_manifest(directory, manifest)
+            logging.info("CLIP %s embeddings of %s: shard %d/%d written", kind, dataset.name, index + 1,
+                         manifest["num_shards"])
+        shards.append(shard)
+    if not shards:
+        return np.zeros((0, manifest["embedding_dim"]), np.float32)
+    return np.concatenate(shards)
+
+
+def cached_embeddings(dataset: ImageDataset, encoder, kind: str, cache_dir: str | os.PathLike = "",
+                      split: str = "train", shard_size: int = DEFAULT_SHARD_SIZE) -> tuple[np.ndarray, Path]:
+    """(embeddings [N, D], their folder): read from the default cache location, built if missing."""
+    directory = cache_directory(cache_root(cache_dir), dataset.name, encoder.weights_hash, kind)
+    return build_embeddings(dataset, encoder, kind, directory, split, shard_size), directory
+
+
+def clip_context_vectors(config, dataset: ImageDataset, split: str = "train") -> np.ndarray:
+    """The U-Net contexts of --condition=clip_image (image embeddings) or clip_text (caption
+    embeddings) for `dataset`, float32 [N, projection_dim], from the cache (built if missing)."""
+    from clip_ddpm.sharded_clip import ShardedCLIPEncoder
+
+    kind = CONDITION_KINDS.get(config.condition)
+    if kind is None:
+        raise EmbeddingCacheError(f"--condition={config.condition} has no CLIP embeddings")
+    encoder = ShardedCLIPEncoder.from_pretrained(config.clip_model)
+    vectors, directory = cached_embeddings(dataset, encoder, kind, config.clip_cache_dir, split)
+    logging.info("CLIP %s contexts of %s: %s from %s", kind, dataset.name, vectors.shape, directory)
+    return as_contexts(vectors)

@@ -1,0 +1,96 @@
+"""python -m clip_ddpm.embed --dataset=tfds:tf_flowers --split=train --clip_model=M [--kind=image,text]
+
+Precomputes the CLIP embeddings of a dataset's images (and/or captions) into the embedding cache
+that CLIP-conditioned training reads, batched and sharded over every local device. Stopping it
+loses at most the shard in progress: running it again continues from the first missing shard.
+The dataset flags mean what they mean for clip_ddpm.train, so training finds this cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from absl import app, flags
+
+from clip_ddpm.errors import UserError, run_reporting_user_errors
+from clip_ddpm.logs import quiet_library_logs
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedRequest:
+    clip_model: str
+    dataset: str = "shapes"
+    split: str = "train"
+    image_size: int = 32
+    dataset_size: int = 0
+    seed: int = 0
+    holdout_pairs: tuple[str, ...] = ()
+    tfds_data_dir: str = ""
+    cache_dir: str = ""
+    kinds: tuple[str, ...] = ("image",)
+    shard_size: int = 1024
+    batch_size: int = 256
+
+
+def embed_dataset(request: EmbedRequest) -> dict[str, str]:
+    """Builds (or completes) the cache of each requested kind; returns {kind: cache folder}."""
+    from clip_ddpm import builders
+    from clip_ddpm.config import Config
+    from clip_ddpm.data.embeddings import KINDS, cached_embeddings
+    from clip_ddpm.sharded_clip import ShardedCLIPEncoder
+
+    if not request.clip_model:
+        raise UserError("--clip_model is required")
+    unknown = [k for k in request.kinds if k not in KINDS]
+    if unknown or not request.kinds:
+        raise UserError(f"--kind must list some of {', '.join(KINDS)}, got {','.join(request.kinds) or 'nothing'}")
+    for name in ("shard_size", "batch_size"):
+        if getattr(request, name) < 1:
+            raise UserError(f"--{name} must be positive, got {getattr(request, name)}")
+    # The training flags that choose the data, so the cache is keyed exactly as training keys it.
+    data_config = Config(dataset=request.dataset, image_size=request.image_size, seed=request.seed,
+                         dataset_size=request.dataset_size, holdout_pairs=tuple(request.holdout_pairs),
+                         tfds_data_dir=request.tfds_data_dir)
+    dataset = builders.load_training_dataset(data_config, request.split)
+    encoder = ShardedCLIPEncoder.from_pretrained(request.clip_model, batch_size=request.batch_size)
+    folders = {}
+    for kind in dict.fromkeys(request.kinds):
+        vectors, folder = cached_embeddings(dataset, encoder, kind, request.cache_dir, request.split,
+                                            request.shard_size)
+        print(f"{kind} embeddings of {dataset.name}: float32 {vectors.shape}, L2-normalised, in {folder}")
+        folders[kind] = str(folder)
+    return folders
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_library_logs()
+    f = flags.FLAGS
+    request = EmbedRequest(
+        clip_model=f.clip_model or "", dataset=f.dataset, split=f.split, image_size=f.image_size,
+        dataset_size=f.dataset_size, seed=f.seed, holdout_pairs=tuple(p.strip() for p in f.holdout_pairs),
+        tfds_data_dir=f.tfds_data_dir, cache_dir=f.cache_dir, kinds=tuple(k.strip() for k in f.kind),
+        shard_size=f.shard_size, batch_size=f.batch_size)
+    run_reporting_user_errors(lambda: embed_dataset(request))
+
+
+def define_flags() -> None:
+    """The command's flags; defined only when it runs, so importing the module for its
+    functions never clashes with the flags of other entry points."""
+    flags.DEFINE_string("dataset", "shapes", "Image source: shapes | tfds:NAME | folder:PATH.")
+    flags.DEFINE_string("split", "train", "Dataset split to embed.")
+    flags.DEFINE_integer("image_size", 32, "Image side in pixels the dataset is loaded at (as in training).")
+    flags.DEFINE_integer("dataset_size", 0, "Number of images of a procedural source (0: its default).")
+    flags.DEFINE_integer("seed", 0, "Seed of a procedural source (as in training).")
+    flags.DEFINE_list("holdout_pairs", [], "Shapes classes left out of training (as in training).")
+    flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (empty: the tfds default).")
+    flags.DEFINE_string("clip_model", None, "CLIP: a hub id (openai/clip-vit-base-patch32) or a local directory.")
+    flags.DEFINE_string("cache_dir", "", "Cache root (empty: $CLIP_DDPM_CACHE, else ~/.cache/clip_ddpm).")
+    flags.DEFINE_list("kind", ["image"], "What to embed: image, text (the captions), or both.")
+    flags.DEFINE_integer("shard_size", 1024, "Embeddings per .npy shard (the unit of resumption).")
+    flags.DEFINE_integer("batch_size", 256, "Global CLIP batch, split over the local devices.")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -127,16 +127,19 @@ def resolve_clip_directory(name_or_dir: str | os.PathLike, revision: str | None 
                             "'openai/clip-vit-base-patch32').")
     from huggingface_hub import errors, snapshot_download
 
+    def first_line(error: Exception) -> str:  # hub errors span lines; ours is one
+        return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
     try:
         return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=HUB_PATTERNS))
     except errors.HFValidationError as e:
-        raise CLIPLoadError(f"{name!r} is neither a local directory nor a valid hub id: {e}") from e
+        raise CLIPLoadError(f"{name!r} is neither a local directory nor a valid hub id: {first_line(e)}") from e
     except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as e:
-        raise CLIPLoadError(f"The Hugging Face hub has no accessible model {name!r}: {e}") from e
+        raise CLIPLoadError(f"The Hugging Face hub has no accessible model {name!r}: {first_line(e)}") from e
     except Exception as e:  # offline mode, no network, timeouts, HTTP errors: one message for all
         raise CLIPLoadError(
             f"Could not fetch CLIP model {name!r}: the Hugging Face hub could not be reached and the "
-            f"model is not in the local cache ({type(e).__name__}: {e}). Download it where the hub "
+            f"model is not in the local cache ({type(e).__name__}: {first_line(e)}). Download it where the hub "
             "is reachable, or pass a local directory holding config.json and model.safetensors."
         ) from e
 

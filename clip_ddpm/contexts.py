@@ -60,22 +60,30 @@ class ContextSource:
         return self.vectors[first], [dataset.captions[i] for i in first]
 
 
-def load_context_file(path: str, num_examples: int) -> np.ndarray:
-    """A float32 [N, D] array from .npy, checked against the dataset's length."""
+def read_context_array(path: str, allow_single: bool = False) -> np.ndarray:
+    """A finite float32 [N, D] array from a .npy file (a single [D] vector too, if allowed)."""
     if not os.path.isfile(path):
         raise UserError(f"--context_file {path} does not exist")
     try:
         vectors = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:
         raise UserError(f"--context_file {path} is not a readable .npy array: {error}") from None
+    if allow_single and vectors.ndim == 1:
+        vectors = vectors[None]
     if vectors.ndim != 2:
         raise UserError(f"--context_file {path} must be 2-D [examples, width], got shape {vectors.shape}")
-    if vectors.shape[0] != num_examples:
-        raise UserError(f"--context_file {path} has {vectors.shape[0]} rows but the dataset has "
-                        f"{num_examples} examples")
     if not np.all(np.isfinite(vectors)):
         raise UserError(f"--context_file {path} contains non-finite values")
     return vectors.astype(np.float32)
+
+
+def load_context_file(path: str, num_examples: int) -> np.ndarray:
+    """Training contexts from .npy: one row per dataset example."""
+    vectors = read_context_array(path)
+    if vectors.shape[0] != num_examples:
+        raise UserError(f"--context_file {path} has {vectors.shape[0]} rows but the dataset has "
+                        f"{num_examples} examples")
+    return vectors
 
 
 def context_source_for(condition: str, dataset: ImageDataset, context_file: str = "",

@@ -1,11 +1,10 @@
 """The grid columns a sampling request asks for, as context vectors the run's U-Net accepts."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from clip_ddpm.config import Config
+from clip_ddpm.contexts import read_context_array
 from clip_ddpm.errors import UserError
 from clip_ddpm.workdir import RunInfo
 
@@ -22,20 +21,6 @@ def _class_index(label: str, class_names: tuple[str, ...]) -> int:
         return class_names.index(label)
     raise UserError(f"--class_label {label!r} is not a class of this run; classes: "
                     + ", ".join(class_names[:12]) + (" ..." if len(class_names) > 12 else ""))
-
-
-def _read_context_file(path: str, width: int) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise UserError(f"--context_file {path} does not exist")
-    try:
-        vectors = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise UserError(f"--context_file {path} is not a readable .npy array: {error}") from None
-    if vectors.ndim == 1:
-        vectors = vectors[None]
-    if vectors.ndim != 2 or vectors.shape[1] != width:
-        raise UserError(f"--context_file {path} has shape {vectors.shape}; this run needs [N, {width}]")
-    return vectors.astype(np.float32)
 
 
 def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.ndarray | None, list[str]]:
@@ -59,7 +44,10 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
                             f"run was trained on {info.context_dim}-wide contexts (has the model changed?)")
         return vectors, list(request.prompts)
     if request.context_file:
-        vectors = _read_context_file(request.context_file, info.context_dim)
+        vectors = read_context_array(request.context_file, allow_single=True)
+        if vectors.shape[1] != info.context_dim:
+            raise UserError(f"--context_file {request.context_file} has shape {vectors.shape}; "
+                            f"this run needs [N, {info.context_dim}]")
         return vectors, [f"context {i}" for i in range(len(vectors))]
     if info.condition == "class":
         labels = request.class_labels or tuple(str(i) for i in range(len(info.class_names)))

@@ -1,0 +1,148 @@
+"""The contrastive CLIP objective and its training step, as pure functions jitted over a mesh.
+
+`contrastive_loss` is CLIP's symmetric InfoNCE on one batch of image-caption pairs.
+`make_clip_train_step(spec, mesh)` returns the jitted `fn(state, data, key) -> (state, metrics)`
+that draws a batch from the dataset held on the devices, preprocesses and augments it there, and
+takes one optimiser step; it follows the DDPM step's conventions (state replicated and donated,
+batch sharded along 'data', randomness from fold_in(key, step)). The loss needs the similarities
+of every image with every caption of the global batch; under jit with shardings XLA gathers the
+embeddings across devices for that, so the loss equals the single-device loss.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from clip_ddpm.clip_preprocess import PreprocessConfig, preprocess_images_jax
+from clip_ddpm.ddpm_step import draw_batch
+from clip_ddpm.models.clip import CLIP, CLIPConfig, l2_normalize
+from clip_ddpm.parallel import data_sharded, replicated
+from clip_ddpm.train_state import TrainState, apply_gradients, make_optimizer, tree_l2_norm
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+# CLIP clips its temperature at 100 so the logits cannot blow up and destabilise training.
+MAX_LOGIT_SCALE = 100.0
+
+
+def clipped_scale(logit_scale: jax.Array, max_scale: float = MAX_LOGIT_SCALE) -> jax.Array:
+    """exp(logit_scale), at most `max_scale`; no gradient flows once the cap is reached."""
+    return jnp.exp(jnp.minimum(logit_scale, math.log(max_scale)))
+
+
+def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scale: jax.Array,
+                     max_scale: float = MAX_LOGIT_SCALE) -> tuple[jax.Array, Metrics]:
+    """CLIP's symmetric cross-entropy over the N x N cosine similarities of a batch.
+
+    Row i of both inputs is a matching pair. The logits are the cosines times
+    min(exp(logit_scale), max_scale); the loss is the mean of the image->text and text->image
+    cross-entropies towards the diagonal. Returns (loss, metrics) with the in-batch top-1
+    accuracies in both directions, which show learning long before zero-shot scores do.
+    """
+    image = l2_normalize(image_embeds.astype(jnp.float32))
+    text = l2_normalize(text_embeds.astype(jnp.float32))
+    scale = clipped_scale(logit_scale, max_scale)
+    logits = scale * image @ text.T  # [images, texts]
+    labels = jnp.arange(logits.shape[0])
+    image_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    text_to_image = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    metrics = {"image_to_text_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+               "text_to_image_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
+               "temperature_scale": scale}
+    return 0.5 * (image_to_text + text_to_image), metrics
+
+
+def decay_mask(params: dict) -> dict:
+    """Weight decay on matrices and convolution kernels only: biases, LayerNorm scales, the
+    class embedding and the temperature are left alone, as CLIP trains them."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def random_shift(images: jax.Array, key: jax.Array, max_shift: int) -> jax.Array:
+    """Each image translated by up to `max_shift` pixels in x and y, edges repeated.
+
+    A position change keeps every caption true (no caption of the data names a position),
+    so it is a label-safe augmentation; colour jitter, by contrast, would falsify the captions.
+    """
+    if max_shift <= 0:
+        return images
+    n, h, w, _ = images.shape
+    offsets = jax.random.randint(key, (n, 2), 0, 2 * max_shift + 1)
+    padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
+    crop = lambda image, o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (h, w, image.shape[-1]))  # noqa: E731
+    return jax.vmap(crop)(padded, offsets)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipStepSpec:
+    """Everything the compiled step depends on; hashable, so equal specs share one program."""
+
+    clip: CLIPConfig
+    preprocess: PreprocessConfig
+    batch_size: int
+    compute_dtype: str = "float32"
+    learning_rate: float = 1e-3
+    num_steps: int = 1000
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    random_flip: bool = False
+    random_shift: int = 0
+
+    def model(self) -> CLIP:
+        return CLIP(self.clip, dtype=jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32)
+
+    def optimizer(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
+        return make_optimizer(self.learning_rate, self.num_steps, self.warmup_steps, self.weight_decay,
+                              self.grad_clip, weight_decay_mask=decay_mask)
+
+
+def clip_loss_fn(model: CLIP, params: dict, batch: Batch) -> tuple[jax.Array, Metrics]:
+    """The contrastive loss of `params` on a preprocessed batch (pixels, input_ids, attention_mask)."""
+    variables = {"params": params}
+    image = model.apply(variables, batch["pixels"], method=CLIP.encode_image)
+    text = model.apply(variables, batch["input_ids"], batch["attention_mask"], method=CLIP.encode_text)
+    return contrastive_loss(image, text, params["logit_scale"])
+
+
+def device_batch(data: Batch, key: jax.Array, step: jax.Array, spec: ClipStepSpec) -> Batch:
+    """Batch `step` drawn from the on-device dataset, augmented and CLIP-preprocessed there."""
+    order_key, shift_key = jax.random.split(key)
+    batch = draw_batch(data, order_key, step, spec.batch_size, spec.random_flip)
+    images01 = (batch["image"] + 1.0) * 0.5  # draw_batch gives [-1, 1]; preprocessing takes [0, 1]
+    images01 = random_shift(images01, jax.random.fold_in(shift_key, step), spec.random_shift)
+    return {"pixels": preprocess_images_jax(images01, spec.preprocess),
+            "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+@functools.lru_cache(maxsize=8)
+def make_clip_train_step(spec: ClipStepSpec, mesh: Mesh):
+    """fn(state, data, key) -> (state, metrics), jitted: one program per (spec, mesh).
+
+    `data` holds the whole dataset on the devices: "image" uint8 [N, H, W, 3] and the
+    tokenized captions "input_ids" / "attention_mask" int32 [N, L]. The state is donated.
+    """
+    model = spec.model()
+    optimizer, lr_fn = spec.optimizer()
+
+    def step(state: TrainState, data: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+        batch = device_batch(data, key, state.step, spec)
+        batch = jax.lax.with_sharding_constraint(batch, data_sharded(mesh))
+        (loss, metrics), grads = jax.value_and_grad(
+            functools.partial(clip_loss_fn, model), has_aux=True)(state.params, batch)
+        new_state = apply_gradients(state, grads, optimizer, spec.ema_decay)
+        metrics = {"loss": loss, **metrics, "grad_norm": tree_l2_norm(grads),
+                   "param_norm": tree_l2_norm(new_state.params),
+                   "learning_rate": lr_fn(state.step)}
+        return new_state, metrics
+
+    return jax.jit(step, in_shardings=(replicated(mesh), None, replicated(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))

@@ -1,0 +1,229 @@
+"""Contrastive CLIP training on a captioned image dataset, then evaluation and export.
+
+`train_clip_and_evaluate(config)` is the whole run (the CLI only parses flags and calls it):
+check the workdir and export directory, train a CLIP-format BPE tokenizer on the training
+captions, train a small CLIP from scratch with the shared loop (checkpoints, resume, SIGTERM,
+divergence guard), score its EMA and raw parameters on the test split, and save the better in
+the Hugging Face layout, which `transformers.CLIPModel.from_pretrained` and the DDPM trainer's
+`--clip_model` read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from clip_ddpm import parallel
+from clip_ddpm.checkpoints import Checkpoints
+from clip_ddpm.clip_evaluation import Embedder, evaluate_clip, format_table
+from clip_ddpm.clip_init import mimetic_vision_attention
+from clip_ddpm.clip_preprocess import PreprocessConfig
+from clip_ddpm.clip_step import MAX_LOGIT_SCALE, ClipStepSpec, make_clip_train_step
+from clip_ddpm.clip_tokenizer import has_tokenizer_files, load_tokenizer, tokenize, train_clip_tokenizer
+from clip_ddpm.clip_train_config import RESUMABLE_FIELDS, ClipTrainConfig
+from clip_ddpm.clip_weights import save_clip
+from clip_ddpm.data import ImageDataset, load_dataset
+from clip_ddpm.errors import UserError
+from clip_ddpm.loop import LoopSettings, run_loop
+from clip_ddpm.metric_writer import MetricWriter
+from clip_ddpm.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, init_clip_params
+from clip_ddpm.train_state import create_train_state
+from clip_ddpm.workdir import check_workdir, write_flags
+
+__all__ = ["ClipTrainConfig", "ClipTrainResult", "train_clip_and_evaluate", "build_clip_config"]
+
+TOKENIZER_DIRNAME = "tokenizer"
+EVAL_FILENAME = "eval.json"
+
+
+@dataclasses.dataclass
+class ClipTrainResult:
+    step: int
+    metrics: dict[str, float]
+    images_per_second: float
+    num_params: int
+    preempted: bool = False
+    evaluation: dict[str, dict[str, float]] | None = None  # {"ema": {...}, "raw": {...}}
+    exported: str | None = None  # directory of the saved model
+    exported_params: str | None = None  # "ema" or "raw"
+
+
+def build_clip_config(config: ClipTrainConfig, tokenizer) -> CLIPConfig:
+    """The model the flags describe, with the vocabulary and special ids of `tokenizer`."""
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=config.text_width,
+        intermediate_size=config.text_width * config.mlp_ratio, num_attention_heads=config.text_heads,
+        num_hidden_layers=config.text_layers, max_position_embeddings=config.context_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    vision = CLIPVisionConfig(
+        hidden_size=config.vision_width, intermediate_size=config.vision_width * config.mlp_ratio,
+        num_attention_heads=config.vision_heads, num_hidden_layers=config.vision_layers,
+        image_size=config.image_size, patch_size=config.patch_size)
+    return CLIPConfig(text=text, vision=vision, projection_dim=config.projection_dim,
+                      logit_scale_init_value=math.log(1 / 0.07))
+
+
+def init_params(config: ClipTrainConfig, clip_config: CLIPConfig, key: jax.Array) -> dict:
+    """Fresh parameters: OpenAI's initialisation, with mimetic vision attention if asked for."""
+    params = init_clip_params(clip_config, key)
+    if config.vision_attention_init == "mimetic":
+        params = mimetic_vision_attention(params, config.vision_width, config.vision_heads,
+                                          jax.random.fold_in(key, 1))
+    return params
+
+
+def _load(config: ClipTrainConfig, split: str, whole: bool = False) -> ImageDataset:
+    """The split as this process holds it (`whole`: every example, for evaluation)."""
+    options: dict[str, Any] = {}
+    if config.dataset == "shapes":
+        size = config.dataset_size if split == "train" else config.eval_size
+        if size:
+            options["num_images"] = size
+        if config.holdout_pairs:
+            options["holdout_pairs"] = tuple(config.holdout_pairs)
+    elif config.dataset.startswith("tfds:") and config.tfds_data_dir:
+        options["data_dir"] = config.tfds_data_dir
+    index, count = (0, 1) if whole else (jax.process_index(), jax.process_count())
+    return load_dataset(config.dataset, split=split, image_size=config.image_size, seed=config.seed,
+                        process_index=index, process_count=count, **options)
+
+
+def check_export_dir(path: str, resumed: bool) -> None:
+    """A fresh run never overwrites an existing model; a resumed run may replace its own."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--export_dir {path} exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path) and not resumed:
+        raise UserError(f"--export_dir {path} already holds files and is not overwritten; "
+                        "choose another --export_dir or remove it")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the parent of --export_dir {path}: {error.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--export_dir {path} cannot be written")
+
+
+def _prepare_tokenizer(config: ClipTrainConfig, captions: tuple[str, ...], resumed: bool, is_chief: bool):
+    """The run's tokenizer, kept in workdir/tokenizer because the model's vocabulary is tied to it.
+
+    A resumed run loads it. A fresh run copies --tokenizer there, or trains a new one on the
+    training captions, replacing whatever an aborted start may have left (its flags may have
+    differed). BPE training breaks ties between equally frequent merges arbitrarily, so two
+    fresh runs can get different vocabularies; pass --tokenizer to share one between runs.
+    """
+    directory = os.path.join(config.workdir, TOKENIZER_DIRNAME)
+    if config.tokenizer and not has_tokenizer_files(config.tokenizer):
+        raise UserError(f"--tokenizer {config.tokenizer} holds no tokenizer (tokenizer.json or vocab.json "
+                        "and merges.txt)")
+    if not (resumed and os.path.isdir(directory)) and is_chief:
+        staging = directory + ".tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        if config.tokenizer:
+            load_tokenizer(config.tokenizer).save_pretrained(staging)
+        else:
+            train_clip_tokenizer(captions, config.vocab_size, staging, context_length=config.context_length)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staging, directory)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("clip tokenizer written")
+    return load_tokenizer(directory)
+
+
+def _tokenize_captions(tokenizer, captions: tuple[str, ...], context_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Caption ids and masks; a caption longer than the context is an error, not a silent cut."""
+    longest = max(len(ids) for ids in tokenizer(list(captions), add_special_tokens=True)["input_ids"])
+    if longest > context_length:
+        raise UserError(f"the longest caption has {longest} tokens but --context_length={context_length}; "
+                        f"use --context_length={longest} or more")
+    return tokenize(tokenizer, captions, context_length)
+
+
+def _local_copy(tree: Any) -> Any:
+    """Host numpy copy of a replicated state tree (works when other hosts hold copies too)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def exportable_params(params: dict) -> dict:
+    """Parameters as the model was trained: the temperature clipped to the loss's cap, so
+    transformers' logits equal those the loss saw."""
+    params = dict(params)
+    params["logit_scale"] = np.minimum(params["logit_scale"], np.float32(math.log(MAX_LOGIT_SCALE)))
+    return params
+
+
+def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
+    """Trains (or resumes) the CLIP run in config.workdir; evaluates and exports it when done."""
+    config.validate()
+    parallel.initialize_distributed(config.distributed)
+    parallel.configure_jax()
+    is_chief = jax.process_index() == 0
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    resumed = check_workdir(config, RESUMABLE_FIELDS)
+    check_export_dir(config.export_path, resumed)
+
+    train = _load(config, "train")
+    if len(train) * jax.process_count() < config.batch_size:
+        raise UserError(f"--batch_size={config.batch_size} is larger than the dataset ({len(train)} images)")
+    if train.image_size != config.image_size:
+        raise UserError(f"dataset images are {train.image_size}px, --image_size is {config.image_size}")
+    tokenizer = _prepare_tokenizer(config, train.captions, resumed, is_chief)
+    ids, mask = _tokenize_captions(tokenizer, train.captions, config.context_length)
+    clip_config = build_clip_config(config, tokenizer)
+    preprocess = PreprocessConfig.for_image_size(config.image_size)
+    spec = ClipStepSpec(
+        clip=clip_config, preprocess=preprocess, batch_size=config.batch_size, compute_dtype=config.dtype,
+        learning_rate=config.learning_rate, num_steps=config.num_steps, warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay, grad_clip=config.grad_clip, ema_decay=config.ema_decay,
+        random_flip=config.random_flip, random_shift=config.random_shift)
+    optimizer, _ = spec.optimizer()
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+
+    def init_state():
+        return create_train_state(init_params(config, clip_config, init_key), optimizer)
+
+    checkpoints = Checkpoints(config.workdir, config.keep_checkpoints)
+    state = checkpoints.restore_or_initialize(init_state, parallel.replicated(mesh))
+    if is_chief:
+        write_flags(config)
+    num_params = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
+    logging.info("CLIP: %s parameters, vocabulary %d; %d devices; %d training pairs", f"{num_params:,}",
+                 len(tokenizer), mesh.devices.size, len(train))
+
+    data = parallel.place_dataset({"image": train.images, "input_ids": ids, "attention_mask": mask}, mesh)
+    step_fn = make_clip_train_step(spec, mesh)
+    train_key = parallel.place_replicated(train_key, mesh)
+    settings = LoopSettings(config.num_steps, config.batch_size, config.log_every, config.checkpoint_every)
+    loop = run_loop(state, lambda s: step_fn(s, data, train_key), settings, checkpoints,
+                    MetricWriter(config.workdir, enabled=is_chief), show_progress=is_chief)
+    result = ClipTrainResult(step=loop.step, metrics=loop.metrics, images_per_second=loop.images_per_second,
+                             num_params=num_params, preempted=loop.preempted)
+    if loop.preempted or loop.step < config.num_steps or not is_chief:
+        return result
+
+    test = _load(config, "test", whole=True)
+    embedder = Embedder(spec.model(), preprocess, tokenizer, config.context_length, config.eval_batch_size)
+    candidates = {"ema": _local_copy(loop.state.ema_params), "raw": _local_copy(loop.state.params)}
+    evaluation = {name: evaluate_clip(embedder, params, test) for name, params in candidates.items()}
+    # The EMA parameters unless the raw ones classify strictly better (short runs can go either way).
+    best = "raw" if evaluation["raw"]["zero_shot_class"] > evaluation["ema"]["zero_shot_class"] else "ema"
+    table = format_table(evaluation)
+    print(f"\nCLIP after {loop.step} steps on {test.name} ({len(test)} images); exported: {best}\n{table}",
+          flush=True)
+    with open(os.path.join(config.workdir, EVAL_FILENAME), "w", encoding="utf-8") as handle:
+        json.dump({"step": loop.step, "test_set": test.name, "exported": best, **evaluation}, handle, indent=1)
+    save_clip(config.export_path, clip_config, exportable_params(candidates[best]), tokenizer,
+              preprocess=preprocess, overwrite=resumed)
+    logging.info("CLIP saved in %s (%s parameters)", config.export_path, best)
+    result.evaluation, result.exported, result.exported_params = evaluation, config.export_path, best
+    return result

@@ -1,0 +1,30 @@
+"""python -m clip_ddpm.train_clip --flagfile=experiments/configs/shapes_clip_cpu.cfg
+
+Trains a small CLIP contrastively on captioned images and saves it for transformers and for
+the DDPM trainer's --clip_model. The command line only parses flags and calls
+`train_clip_and_evaluate(config)`, which tests call directly.
+"""
+from __future__ import annotations
+
+from absl import app, flags
+
+from clip_ddpm import config as config_lib
+from clip_ddpm.clip_train_config import ClipTrainConfig
+from clip_ddpm.errors import run_reporting_user_errors
+from clip_ddpm.logs import quiet_library_logs
+
+config_lib.define_flags(flags.FLAGS, ClipTrainConfig)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_library_logs()
+    from clip_ddpm.clip_training import train_clip_and_evaluate  # heavy imports after flag parsing
+
+    run_reporting_user_errors(
+        lambda: train_clip_and_evaluate(config_lib.from_flags(flags.FLAGS, ClipTrainConfig).validate()))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,227 @@
+"""Contrastive CLIP training: the loss against its closed form, a tiny run end to end (learning,
+export read by transformers, resume), and the errors a user can cause.
+
+One tiny model configuration is shared by every run here, so the train step and the two
+evaluation programs are compiled once for the whole file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clip_ddpm import clip_training, config as config_lib
+from clip_ddpm.clip_step import contrastive_loss
+from clip_ddpm.clip_train_config import ClipTrainConfig
+from clip_ddpm.errors import UserError
+from clip_ddpm.metric_writer import MetricWriter
+from clip_ddpm.workdir import write_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ce(logit_right: float, logit_wrong: float) -> float:
+    """Two-way cross-entropy towards the first logit: log(1 + e^(wrong - right))."""
+    return math.log1p(math.exp(logit_wrong - logit_right))
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def test_contrastive_loss_2x2_equals_closed_form():
+    # Unit images u0 = (1, 0), u1 = (0, 1); texts v0 = (1, 0), v1 = (0.6, 0.8), given at other
+    # lengths to check the normalisation. Cosines S = [[1, 0.6], [0, 0.8]]; with scale 2 the
+    # logits are [[2, 1.2], [0, 1.6]] (rows: images, columns: texts).
+    image = jnp.array([[3.0, 0.0], [0.0, 0.5]])
+    text = jnp.array([[2.0, 0.0], [1.2, 1.6]])
+    loss, metrics = contrastive_loss(image, text, jnp.log(2.0))
+    image_to_text = (_ce(2.0, 1.2) + _ce(1.6, 0.0)) / 2
+    text_to_image = (_ce(2.0, 0.0) + _ce(1.6, 1.2)) / 2
+    assert float(loss) == pytest.approx((image_to_text + text_to_image) / 2, rel=1e-6)
+    assert float(metrics["temperature_scale"]) == pytest.approx(2.0)
+    assert float(metrics["image_to_text_accuracy"]) == 1.0
+
+
+def test_contrastive_loss_symmetric_case_and_wrong_pairs():
+    # Texts equal to images: both directions see S = [[1, c], [c, 1]] and give log(1 + e^(-s(1-c))).
+    c, s = 0.28, 5.0
+    pair = jnp.array([[1.0, 0.0], [c, math.sqrt(1 - c * c)]])
+    loss, _ = contrastive_loss(pair, pair, jnp.log(s))
+    assert float(loss) == pytest.approx(_ce(s, s * c), rel=1e-5)
+    # Swapping the captions makes every pair wrong: the loss is log(1 + e^(s(1-c))), and larger.
+    swapped, metrics = contrastive_loss(pair, pair[::-1], jnp.log(s))
+    assert float(swapped) == pytest.approx(_ce(s * c, s), rel=1e-5)
+    assert float(metrics["image_to_text_accuracy"]) == 0.0
+
+
+def test_temperature_is_clipped_at_100():
+    image = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    norm = math.hypot(1.0, 0.99)
+    text = jnp.array([[1.0, 0.99], [0.99, 1.0]])  # cosines [[a, b], [b, a]], a - b = 0.0071
+    a, b = 1.0 / norm, 0.99 / norm
+    expected = _ce(100 * a, 100 * b)  # 0.40; an unclipped scale of 1000 would give 8e-4
+    for logit_scale in (math.log(100.0), math.log(1000.0)):
+        loss, metrics = contrastive_loss(image, text, jnp.float32(logit_scale))
+        assert float(metrics["temperature_scale"]) == pytest.approx(100.0, rel=1e-5)
+        assert float(loss) == pytest.approx(expected, rel=1e-4)
+    assert expected > 100 * _ce(1000 * a, 1000 * b)
+    grad = jax.grad(lambda t: contrastive_loss(image, text, t)[0])
+    assert float(grad(jnp.float32(math.log(1000.0)))) == 0.0  # past the cap nothing moves it
+    assert float(grad(jnp.float32(math.log(10.0)))) < 0.0  # below it, sharper logits help here
+
+
+# ----------------------------------------------------------------------------- a tiny run
+
+TINY = dict(dataset_size=512, eval_size=216, batch_size=64, num_steps=60, log_every=10, checkpoint_every=30,
+            patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1,
+            text_heads=2, mlp_ratio=2, projection_dim=32, context_length=16, learning_rate=3e-3,
+            warmup_steps=10, ema_decay=0.9, random_flip=True, random_shift=1, eval_batch_size=128)
+
+
+def tiny_config(workdir, **overrides) -> ClipTrainConfig:
+    return ClipTrainConfig(workdir=str(workdir), **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("clip_run")
+    result = clip_training.train_clip_and_evaluate(tiny_config(workdir))
+    return workdir, result
+
+
+def test_training_beats_chance_and_writes_its_evaluation(trained):
+    workdir, result = trained
+    assert result.step == TINY["num_steps"] and not result.preempted
+    best = result.evaluation[result.exported_params]
+    assert result.exported_params in ("ema", "raw")
+    with open(workdir / "eval.json") as handle:
+        saved = json.load(handle)
+    assert saved["exported"] == result.exported_params and saved[result.exported_params] == best
+    # Chance is 1/6 for colour and shape and 1/36 for the class; a model that has learnt
+    # nothing scores about that, so twice chance on colour and class is a real signal.
+    assert best["chance_colour"] == pytest.approx(1 / 6) and best["chance_class"] == pytest.approx(1 / 36)
+    assert best["zero_shot_colour"] >= 2 / 6, best
+    assert best["zero_shot_class"] >= 2 / 36, best
+    assert best["recall@1_class"] > best["chance_recall@1_class"], best
+    assert result.metrics["loss"] < math.log(TINY["batch_size"]), result.metrics  # below the untrained loss
+
+
+def test_export_loads_in_transformers_with_the_same_embeddings(trained):
+    import torch
+    import transformers
+
+    from clip_ddpm.clip_encoder import CLIPEncoder
+    from clip_ddpm.data import shapes
+
+    workdir, result = trained
+    export = workdir / "clip"
+    assert result.exported == str(export)
+    model, info = transformers.CLIPModel.from_pretrained(str(export), output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    processor = transformers.CLIPProcessor.from_pretrained(str(export))
+    test = shapes.load("test", image_size=32, num_images=8)
+    texts = list(test.captions) + list(shapes.class_prompts()[:4])
+    inputs = processor(text=texts, images=list(test.images), return_tensors="pt", padding="max_length",
+                       max_length=TINY["context_length"])
+    with torch.no_grad():
+        out = model.eval()(**inputs)
+    # Our side, as the DDPM trainer reads the export (--clip_model=workdir/clip).
+    encoder = CLIPEncoder.from_pretrained(export, batch_size=16)
+    np.testing.assert_allclose(encoder.encode_images(test.images), out.image_embeds.numpy(), atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_texts(texts), out.text_embeds.numpy(), atol=1e-5)
+    assert model.logit_scale.item() <= math.log(100.0) + 1e-6
+
+
+class _StopAt(MetricWriter):
+    """A metric writer that sends this process SIGTERM after logging step STOP, as a
+    preempting scheduler would."""
+
+    STOP = 30
+
+    def write(self, step, scalars):
+        super().write(step, scalars)
+        if step == self.STOP:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_resume_after_preemption_equals_the_uninterrupted_run(trained, tmp_path, monkeypatch):
+    workdir, result = trained
+    # The same vocabulary as the reference run (BPE training breaks ties arbitrarily).
+    config = tiny_config(tmp_path / "run", tokenizer=str(workdir / "tokenizer"))
+    with monkeypatch.context() as patch:
+        patch.setattr(clip_training, "MetricWriter", _StopAt)
+        stopped = clip_training.train_clip_and_evaluate(config)
+    assert stopped.preempted and stopped.step == _StopAt.STOP and stopped.exported is None
+    assert not (tmp_path / "run" / "clip").exists()
+    resumed = clip_training.train_clip_and_evaluate(config)
+    assert resumed.step == TINY["num_steps"]
+    assert resumed.evaluation == result.evaluation
+    from safetensors.numpy import load_file
+    ours = load_file(str(tmp_path / "run" / "clip" / "model.safetensors"))
+    reference = load_file(str(workdir / "clip" / "model.safetensors"))
+    assert ours.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_input_is_one_clear_error(tmp_path, trained):
+    workdir, _ = trained
+    with pytest.raises(UserError, match="--workdir is required"):
+        clip_training.train_clip_and_evaluate(tiny_config(""))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot create --workdir"):
+        clip_training.train_clip_and_evaluate(tiny_config(blocker / "run"))
+    with pytest.raises(UserError, match="not divisible by the 4 devices"):
+        clip_training.train_clip_and_evaluate(tiny_config(tmp_path / "odd", batch_size=6))
+    # A different run in the workdir: other settings of ours, or another trainer's flags.
+    with pytest.raises(UserError, match="holds a run with different settings.*learning_rate"):
+        clip_training.train_clip_and_evaluate(tiny_config(workdir, learning_rate=1e-4))
+    ddpm_run = tmp_path / "ddpm"
+    ddpm_run.mkdir()
+    write_flags(config_lib.Config(workdir=str(ddpm_run)))
+    with pytest.raises(UserError, match="cannot read"):
+        clip_training.train_clip_and_evaluate(tiny_config(ddpm_run))
+    # An export directory that holds files is never overwritten by a fresh run ...
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds files"):
+        clip_training.train_clip_and_evaluate(tiny_config(tmp_path / "new", export_dir=str(taken)))
+    assert (taken / "config.json").read_text() == "{}"
+    with pytest.raises(UserError, match="holds no tokenizer"):
+        clip_training.train_clip_and_evaluate(tiny_config(tmp_path / "tok", tokenizer=str(tmp_path)))
+    with pytest.raises(UserError, match="longest caption has 1[0-9] tokens"):
+        clip_training.train_clip_and_evaluate(tiny_config(tmp_path / "short", context_length=8))
+    # ... while resuming a finished run re-exports into its own directory (the fixture's run
+    # already finished: nothing is trained again).
+    again = clip_training.train_clip_and_evaluate(tiny_config(workdir))
+    assert again.exported == str(workdir / "clip")
+
+
+def test_command_line_reports_a_user_error_in_one_line(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "clip_ddpm.train_clip", f"--workdir={tmp_path / 'run'}", "--batch_size=6"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --batch_size=6 is not divisible by the 4 devices; use a multiple of 4"]
+    assert "Traceback" not in process.stderr
+
+
+@pytest.mark.parametrize("name", ["shapes_clip_cpu.cfg", "shapes_clip_gpu.cfg"])
+def test_experiment_configs_parse_and_validate(name):
+    config = config_lib.read_flagfile(os.path.join(REPO, "experiments", "configs", name), ClipTrainConfig)
+    config.validate()
+    assert config != ClipTrainConfig(workdir=config.workdir)  # the file really set something
+    assert config.workdir.startswith("runs/") and config.dataset == "shapes"
+    assert config.export_path == os.path.join(config.workdir, "clip")

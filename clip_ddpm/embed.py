@@ -11,8 +11,7 @@ import dataclasses
 
 from absl import app, flags
 
-from clip_ddpm.errors import UserError, run_reporting_user_errors
-from clip_ddpm.logs import quiet_library_logs
+from clip_ddpm.errors import UserError, run_command
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,16 +61,13 @@ def embed_dataset(request: EmbedRequest) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_library_logs()
     f = flags.FLAGS
     request = EmbedRequest(
         clip_model=f.clip_model or "", dataset=f.dataset, split=f.split, image_size=f.image_size,
         dataset_size=f.dataset_size, seed=f.seed, holdout_pairs=tuple(p.strip() for p in f.holdout_pairs),
         tfds_data_dir=f.tfds_data_dir, cache_dir=f.cache_dir, kinds=tuple(k.strip() for k in f.kind),
         shard_size=f.shard_size, batch_size=f.batch_size)
-    run_reporting_user_errors(lambda: embed_dataset(request))
+    run_command(argv, lambda: embed_dataset(request))
 
 
 def define_flags() -> None:

@@ -24,3 +24,16 @@ def run_reporting_user_errors(fn: Callable[[], object]) -> None:
         fn()
     except UserError as error:
         exit_with_error(str(error))
+
+
+def run_command(argv: list[str], command: Callable[[], object]) -> None:
+    """The body of every entry point's main(): refuse stray arguments, hide the libraries' INFO
+    chatter, and report a UserError as one line with exit status 2."""
+    from absl import app
+
+    from clip_ddpm.logs import quiet_library_logs
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_library_logs()
+    run_reporting_user_errors(command)

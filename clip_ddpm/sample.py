@@ -10,8 +10,7 @@ import os
 
 from absl import app, flags
 
-from clip_ddpm.logs import quiet_library_logs
-from clip_ddpm.errors import UserError, run_reporting_user_errors
+from clip_ddpm.errors import UserError, run_command
 
 flags.DEFINE_string("workdir", None, "Run directory written by clip_ddpm.train.")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
@@ -123,16 +122,13 @@ def generate_samples(request: SampleRequest) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_library_logs()
     f = flags.FLAGS
     request = SampleRequest(
         workdir=f.workdir or "", step=f.step, class_labels=tuple(f.class_label), context_file=f.context_file,
         prompts=tuple(f.prompt), guidance=tuple(f.guidance), sampler=f.sampler,
         sampling_steps=f.sampling_steps, eta=f.eta, num_samples=f.num_samples, seed=f.seed,
         output=f.output, overwrite=f.overwrite, scale=f.scale)
-    run_reporting_user_errors(lambda: generate_samples(request))
+    run_command(argv, lambda: generate_samples(request))
 
 
 if __name__ == "__main__":

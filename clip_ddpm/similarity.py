@@ -19,8 +19,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, UnidentifiedImageError
 
-from clip_ddpm.errors import UserError, run_reporting_user_errors
-from clip_ddpm.logs import quiet_library_logs
+from clip_ddpm.errors import UserError, run_command
 
 
 class SimilarityError(UserError, ValueError):
@@ -144,12 +143,9 @@ def run_similarity(clip_model: str, image_paths: Sequence[str], texts: Sequence[
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_library_logs()
     f = flags.FLAGS
-    run_reporting_user_errors(lambda: run_similarity(f.clip_model or "", f.image, f.text, f.raw, f.heatmap,
-                                                     f.overwrite))
+    run_command(argv, lambda: run_similarity(f.clip_model or "", f.image, f.text, f.raw, f.heatmap,
+                                      f.overwrite))
 
 
 def define_flags() -> None:

@@ -8,19 +8,17 @@ from __future__ import annotations
 from absl import app, flags
 
 from clip_ddpm import config as config_lib
-from clip_ddpm.logs import quiet_library_logs
-from clip_ddpm.errors import run_reporting_user_errors
+from clip_ddpm.errors import run_command
 
 config_lib.define_flags(flags.FLAGS)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_library_logs()
-    from clip_ddpm.training import train_and_evaluate  # heavy imports after flag parsing
+    def command():
+        from clip_ddpm.training import train_and_evaluate  # heavy imports after flag parsing
+        return train_and_evaluate(config_lib.from_flags(flags.FLAGS).validate())
 
-    run_reporting_user_errors(lambda: train_and_evaluate(config_lib.from_flags(flags.FLAGS).validate()))
+    run_command(argv, command)
 
 
 if __name__ == "__main__":

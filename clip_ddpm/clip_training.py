@@ -35,6 +35,7 @@ from clip_ddpm.loop import LoopSettings, run_loop
 from clip_ddpm.metric_writer import MetricWriter
 from clip_ddpm.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, init_clip_params
 from clip_ddpm.train_state import create_train_state
+from clip_ddpm.training import TrainResult
 from clip_ddpm.workdir import check_workdir, write_flags
 
 __all__ = ["ClipTrainConfig", "ClipTrainResult", "train_clip_and_evaluate", "build_clip_config"]
@@ -44,12 +45,9 @@ EVAL_FILENAME = "eval.json"
 
 
 @dataclasses.dataclass
-class ClipTrainResult:
-    step: int
-    metrics: dict[str, float]
-    images_per_second: float
-    num_params: int
-    preempted: bool = False
+class ClipTrainResult(TrainResult):
+    """The DDPM trainer's result plus the evaluation and what was exported."""
+
     evaluation: dict[str, dict[str, float]] | None = None  # {"ema": {...}, "raw": {...}}
     exported: str | None = None  # directory of the saved model
     exported_params: str | None = None  # "ema" or "raw"

@@ -36,7 +36,7 @@ from clip_ddpm.metric_writer import MetricWriter
 from clip_ddpm.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, init_clip_params
 from clip_ddpm.train_state import create_train_state
 from clip_ddpm.training import TrainResult
-from clip_ddpm.workdir import check_workdir, write_flags
+from clip_ddpm.workdir import ensure_writable_directory, start_run, write_flags
 
 __all__ = ["ClipTrainConfig", "ClipTrainResult", "train_clip_and_evaluate", "build_clip_config"]
 
@@ -101,13 +101,7 @@ def check_export_dir(path: str, resumed: bool) -> None:
     if os.path.isdir(path) and os.listdir(path) and not resumed:
         raise UserError(f"--export_dir {path} already holds files and is not overwritten; "
                         "choose another --export_dir or remove it")
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the parent of --export_dir {path}: {error.strerror}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--export_dir {path} cannot be written")
+    ensure_writable_directory(os.path.dirname(os.path.abspath(path)), "the parent folder of --export_dir")
 
 
 def _prepare_tokenizer(config: ClipTrainConfig, captions: tuple[str, ...], resumed: bool, is_chief: bool):
@@ -161,18 +155,11 @@ def exportable_params(params: dict) -> dict:
 
 def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     """Trains (or resumes) the CLIP run in config.workdir; evaluates and exports it when done."""
-    config.validate()
-    parallel.initialize_distributed(config.distributed)
-    parallel.configure_jax()
-    is_chief = jax.process_index() == 0
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
-    resumed = check_workdir(config, RESUMABLE_FIELDS)
+    mesh, is_chief, resumed = start_run(config, RESUMABLE_FIELDS)
     check_export_dir(config.export_path, resumed)
 
     train = _load(config, "train")
-    if len(train) * jax.process_count() < config.batch_size:
-        raise UserError(f"--batch_size={config.batch_size} is larger than the dataset ({len(train)} images)")
+    parallel.check_dataset_fits_batch(len(train), config.batch_size)
     if train.image_size != config.image_size:
         raise UserError(f"dataset images are {train.image_size}px, --image_size is {config.image_size}")
     tokenizer = _prepare_tokenizer(config, train.captions, resumed, is_chief)

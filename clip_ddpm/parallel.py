@@ -53,6 +53,12 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
                         f"use a multiple of {n}")
 
 
+def check_dataset_fits_batch(local_examples: int, batch_size: int) -> None:
+    """One global batch must fit in the dataset (all processes' slices together)."""
+    if local_examples * jax.process_count() < batch_size:
+        raise UserError(f"--batch_size={batch_size} is larger than the dataset ({local_examples} images)")
+
+
 def place_replicated(tree: Any, mesh: Mesh) -> Any:
     """Puts host arrays on every device of the mesh (each process passes the same values)."""
     sharding = replicated(mesh)

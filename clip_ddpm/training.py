@@ -18,7 +18,7 @@ from clip_ddpm.metric_writer import MetricWriter
 from clip_ddpm.models.unet import count_params
 from clip_ddpm.sampling import make_sampler, sample_grid
 from clip_ddpm.train_state import create_train_state, make_optimizer
-from clip_ddpm.workdir import RunInfo, check_workdir, write_flags, write_run_info
+from clip_ddpm.workdir import RunInfo, start_run, write_flags, write_run_info
 
 
 @dataclasses.dataclass
@@ -36,17 +36,10 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     stop_at: stop at that step as a preempted job would (checkpoint, no final samples); the
     next call resumes. Lets a job run in time slices and tests check exact resumption.
     """
-    config.validate()
-    parallel.initialize_distributed(config.distributed)
-    parallel.configure_jax()
-    is_chief = jax.process_index() == 0
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
-    check_workdir(config)
+    mesh, is_chief, _ = start_run(config)
 
     dataset = builders.load_training_dataset(config)
-    if len(dataset) * jax.process_count() < config.batch_size:
-        raise UserError(f"--batch_size={config.batch_size} is larger than the dataset ({len(dataset)} images)")
+    parallel.check_dataset_fits_batch(len(dataset), config.batch_size)
     if dataset.image_size != config.image_size:
         raise UserError(f"dataset images are {dataset.image_size}px, --image_size is {config.image_size}")
     contexts = builders.build_context_source(config, dataset)

@@ -14,6 +14,18 @@ def flags_path(workdir: str) -> str:
     return os.path.join(workdir, config_lib.FLAGS_FILENAME)
 
 
+def ensure_writable_directory(path: str, flag: str) -> None:
+    """Creates `path` if needed; a UserError naming `flag` if it is a file or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} {path} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {flag} {path}: {error.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} is not writable")
+
+
 def check_workdir(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_FIELDS) -> bool:
     """Makes sure the workdir can be written and, if it holds a run, that this is the same run.
 
@@ -21,14 +33,7 @@ def check_workdir(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_
     Raises UserError for an unwritable directory or a run with different flags.
     """
     workdir = config.workdir
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir {workdir} exists and is not a directory")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create --workdir {workdir}: {error.strerror}") from None
-    if not os.access(workdir, os.W_OK | os.X_OK):
-        raise UserError(f"--workdir {workdir} is not writable")
+    ensure_writable_directory(workdir, "--workdir")
     path = flags_path(workdir)
     if not os.path.exists(path):
         return False
@@ -39,6 +44,25 @@ def check_workdir(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_
         raise UserError(f"--workdir {workdir} holds a run with different settings ({shown}); "
                         "use a new --workdir or the saved flags")
     return True
+
+
+def start_run(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_FIELDS):
+    """What every trainer does first, before it loads data or writes a file: validate the flags,
+    join a multi-host job, build the mesh, check the batch split and the workdir.
+
+    Returns (mesh, is_chief, resumed).
+    """
+    import jax
+
+    from clip_ddpm import parallel
+
+    config.validate()
+    parallel.initialize_distributed(config.distributed)
+    parallel.configure_jax()
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    resumed = check_workdir(config, resumable)
+    return mesh, jax.process_index() == 0, resumed
 
 
 def write_flags(config: Any) -> None:

@@ -53,3 +53,34 @@ def mimetic_vision_attention(params: dict[str, Any], width: int, heads: int, key
         layers[name] = {**layers[name], "self_attn": attention}
     vision = {**params["vision_model"], "encoder": layers}
     return {**params, "vision_model": vision}
+
+
+def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> jax.Array:
+    """[grid * grid, width] fixed 2-D sine-cosine position codes, rows in raster order.
+
+    A quarter of the channels each holds sin(y w), cos(y w), sin(x w), cos(x w) over geometric
+    frequencies w, so nearby patches get similar codes from the first step; `width` must be a
+    multiple of 4.
+    """
+    if width % 4:
+        raise ValueError(f"2-D sine-cosine codes need a width divisible by 4, got {width}")
+    quarter = width // 4
+    omega = 1.0 / temperature ** (jnp.arange(quarter, dtype=jnp.float32) / quarter)
+    y, x = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32), jnp.arange(grid, dtype=jnp.float32), indexing="ij")
+    y = y.reshape(-1, 1) * omega
+    x = x.reshape(-1, 1) * omega
+    return jnp.concatenate([jnp.sin(y), jnp.cos(y), jnp.sin(x), jnp.cos(x)], axis=1)
+
+
+def sincos_vision_positions(params: dict[str, Any], grid: int) -> dict[str, Any]:
+    """`params` with the vision position embeddings starting at 2-D sine-cosine codes.
+
+    Mimetic attention makes a token attend to tokens like itself; with these codes "like" starts
+    out as "nearby", the locality a ViT otherwise has to discover. The class token's row is zero.
+    The embeddings stay trainable, so the model and its export format are unchanged.
+    """
+    table = params["vision_model"]["embeddings"]["position_embedding"]["embedding"]
+    codes = sincos_2d(grid, table.shape[1])
+    table = jnp.concatenate([jnp.zeros((1, table.shape[1]), table.dtype), codes.astype(table.dtype)])
+    embeddings = {**params["vision_model"]["embeddings"], "position_embedding": {"embedding": table}}
+    return {**params, "vision_model": {**params["vision_model"], "embeddings": embeddings}}

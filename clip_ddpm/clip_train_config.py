@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from clip_ddpm.clip_step import MAX_LOGIT_SCALE
 from clip_ddpm.config import DTYPES, field
 from clip_ddpm.errors import UserError
 
 EXPORT_DIRNAME = "clip"
 ATTENTION_INITS = ("openai", "mimetic")
+POSITION_INITS = ("openai", "sincos")
 MIN_VOCAB_SIZE = 2 * 256 + 2  # a CLIP byte-level vocabulary: 256 bytes, with and without </w>, 2 specials
 
 
@@ -55,8 +57,13 @@ class ClipTrainConfig:
     text_heads: int = field(4, "Text attention heads.")
     vision_attention_init: str = field("mimetic", "Vision attention weights at the start: OpenAI's random "
                                        "draw, or mimetic (learns image structure faster).", ATTENTION_INITS)
+    vision_position_init: str = field("sincos", "Vision position embeddings at the start: OpenAI's small "
+                                      "random draw, or 2-D sine-cosine codes (nearby patches alike).",
+                                      POSITION_INITS)
     mlp_ratio: int = field(4, "MLP width as a multiple of the transformer width.")
     projection_dim: int = field(128, "Width of the shared image-text embedding space.")
+    init_temperature: float = field(0.07, "Softmax temperature at the start (CLIP's 0.07); it is learnt, "
+                                    "down to 0.01. A lower start weights the hardest negatives more.")
     dtype: str = field("float32", "Compute dtype (parameters stay float32).", DTYPES)
 
     # Optimiser.
@@ -93,11 +100,16 @@ class ClipTrainConfig:
             width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
             if width % heads:
                 raise UserError(f"--{tower}_width={width} is not a multiple of --{tower}_heads={heads}")
+        if self.vision_position_init == "sincos" and self.vision_width % 4:
+            raise UserError(f"--vision_position_init=sincos needs --vision_width divisible by 4, "
+                            f"got {self.vision_width}")
         if self.vocab_size < MIN_VOCAB_SIZE:
             raise UserError(f"--vocab_size must be at least {MIN_VOCAB_SIZE} (every byte twice, plus the start "
                             f"and end tokens), got {self.vocab_size}")
         if self.context_length < 3:
             raise UserError(f"--context_length must be at least 3, got {self.context_length}")
+        if not 1.0 / MAX_LOGIT_SCALE <= self.init_temperature <= 1.0:
+            raise UserError(f"--init_temperature must be in [{1.0 / MAX_LOGIT_SCALE}, 1], got {self.init_temperature}")
         if self.learning_rate <= 0:
             raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.ema_decay < 1.0:

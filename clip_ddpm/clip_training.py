@@ -23,7 +23,7 @@ from absl import logging
 from clip_ddpm import parallel
 from clip_ddpm.checkpoints import Checkpoints
 from clip_ddpm.clip_evaluation import Embedder, evaluate_clip, format_table
-from clip_ddpm.clip_init import mimetic_vision_attention
+from clip_ddpm.clip_init import mimetic_vision_attention, sincos_vision_positions
 from clip_ddpm.clip_preprocess import PreprocessConfig
 from clip_ddpm.clip_step import MAX_LOGIT_SCALE, ClipStepSpec, make_clip_train_step
 from clip_ddpm.clip_tokenizer import has_tokenizer_files, load_tokenizer, tokenize, train_clip_tokenizer
@@ -66,12 +66,15 @@ def build_clip_config(config: ClipTrainConfig, tokenizer) -> CLIPConfig:
         num_attention_heads=config.vision_heads, num_hidden_layers=config.vision_layers,
         image_size=config.image_size, patch_size=config.patch_size)
     return CLIPConfig(text=text, vision=vision, projection_dim=config.projection_dim,
-                      logit_scale_init_value=math.log(1 / 0.07))
+                      logit_scale_init_value=math.log(1 / config.init_temperature))
 
 
 def init_params(config: ClipTrainConfig, clip_config: CLIPConfig, key: jax.Array) -> dict:
-    """Fresh parameters: OpenAI's initialisation, with mimetic vision attention if asked for."""
+    """Fresh parameters: OpenAI's initialisation, with mimetic vision attention and sine-cosine
+    vision positions if asked for."""
     params = init_clip_params(clip_config, key)
+    if config.vision_position_init == "sincos":
+        params = sincos_vision_positions(params, config.image_size // config.patch_size)
     if config.vision_attention_init == "mimetic":
         params = mimetic_vision_attention(params, config.vision_width, config.vision_heads,
                                           jax.random.fold_in(key, 1))

@@ -225,3 +225,21 @@ def test_experiment_configs_parse_and_validate(name):
     assert config != ClipTrainConfig(workdir=config.workdir)  # the file really set something
     assert config.workdir.startswith("runs/") and config.dataset == "shapes"
     assert config.export_path == os.path.join(config.workdir, "clip")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"init_temperature": 0.001}, "--init_temperature must be in"),
+    ({"init_temperature": 2.0}, "--init_temperature must be in"),
+    ({"vision_width": 66, "vision_heads": 2}, "--vision_position_init=sincos needs --vision_width divisible by 4"),
+])
+def test_invalid_initialisation_flags_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        ClipTrainConfig(workdir="run", **overrides).validate()
+
+
+def test_initial_temperature_sets_the_starting_logit_scale():
+    config = ClipTrainConfig(workdir="run", init_temperature=0.02)
+    tokenizer = type("Tok", (), {"__len__": lambda self: 600, "bos_token_id": 0, "eos_token_id": 1,
+                                 "pad_token_id": 1})()
+    clip_config = clip_training.build_clip_config(config, tokenizer)
+    assert clip_config.logit_scale_init_value == pytest.approx(np.log(50.0))

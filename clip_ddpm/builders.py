@@ -2,6 +2,8 @@
 exactly the same model, schedule and conditioning from `flags.txt`."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -40,11 +42,12 @@ def load_training_dataset(config: Config, split: str = "train") -> ImageDataset:
 
 def build_context_source(config: Config, dataset: ImageDataset) -> ContextSource:
     """The conditioning of --condition for this dataset (CLIP conditions read the cache)."""
-    vectors = None
     if config.condition in ("clip_image", "clip_text"):
         from clip_ddpm.data.embeddings import clip_context_vectors
-        vectors = clip_context_vectors(config, dataset)
-    return context_source_for(config.condition, dataset, config.context_file, vectors)
+        vectors, weights_hash = clip_context_vectors(config, dataset)
+        source = context_source_for(config.condition, dataset, vectors=vectors)
+        return dataclasses.replace(source, clip_weights_hash=weights_hash)
+    return context_source_for(config.condition, dataset, config.context_file)
 
 
 def init_params(model: UNet, config: Config, context_dim: int, key: jax.Array):

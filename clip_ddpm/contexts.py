@@ -27,6 +27,7 @@ class ContextSource:
     dim: int
     num_classes: int = 0
     vectors: np.ndarray | None = None  # [N, D] for "vectors"
+    clip_weights_hash: str = ""  # the CLIP that made `vectors`, for clip_image / clip_text
 
     def device_fields(self, dataset: ImageDataset) -> dict[str, np.ndarray]:
         """Per-example arrays that travel to the device with the images."""

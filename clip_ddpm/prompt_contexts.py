@@ -12,10 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from clip_ddpm.errors import UserError
+from clip_ddpm.workdir import check_same_clip
 
 
-def encode_prompts(config, prompts: Sequence[str]) -> np.ndarray:
-    """float32 [len(prompts), projection_dim]: the prompts as contexts of the run `config` describes."""
+def encode_prompts(config, prompts: Sequence[str], trained_weights_hash: str = "") -> np.ndarray:
+    """float32 [len(prompts), projection_dim]: the prompts as contexts of the run `config` describes.
+
+    trained_weights_hash: the run's record of its CLIP (run_info.json); a CLIP with other weights
+    at the same --clip_model is refused.
+    """
     from clip_ddpm.clip_encoder import CLIPEncoder
     from clip_ddpm.data.embeddings import as_contexts
 
@@ -25,6 +30,8 @@ def encode_prompts(config, prompts: Sequence[str]) -> np.ndarray:
     if not config.clip_model:
         raise UserError(f"this run (--condition={config.condition}) names no --clip_model to encode prompts with")
     encoder = CLIPEncoder.from_pretrained(config.clip_model)
+    if trained_weights_hash:
+        check_same_clip(trained_weights_hash, config.clip_model, encoder.weights_hash)
     if encoder.tokenizer is None:
         raise UserError(f"CLIP model {config.clip_model!r} has no tokenizer files, so it cannot encode --prompt")
     return as_contexts(encoder.encode_texts(prompts))

@@ -38,7 +38,7 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
         if info.condition not in ("clip_image", "clip_text"):
             raise UserError(f"--prompt needs a CLIP-conditioned run; this one is --condition={info.condition}")
         from clip_ddpm.prompt_contexts import encode_prompts
-        vectors = encode_prompts(config, list(request.prompts))
+        vectors = encode_prompts(config, list(request.prompts), info.clip_weights_hash)
         if vectors.shape[1] != info.context_dim:
             raise UserError(f"--clip_model {config.clip_model} gives {vectors.shape[1]}-wide embeddings but this "
                             f"run was trained on {info.context_dim}-wide contexts (has the model changed?)")

@@ -18,7 +18,8 @@ from clip_ddpm.metric_writer import MetricWriter
 from clip_ddpm.models.unet import count_params
 from clip_ddpm.sampling import make_sampler, sample_grid
 from clip_ddpm.train_state import create_train_state, make_optimizer
-from clip_ddpm.workdir import RunInfo, start_run, write_flags, write_run_info
+from clip_ddpm.workdir import (RUN_INFO_FILENAME, RunInfo, check_same_clip, read_run_info, start_run, write_flags,
+                              write_run_info)
 
 
 @dataclasses.dataclass
@@ -36,7 +37,7 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     stop_at: stop at that step as a preempted job would (checkpoint, no final samples); the
     next call resumes. Lets a job run in time slices and tests check exact resumption.
     """
-    mesh, is_chief, _ = start_run(config)
+    mesh, is_chief, resumed = start_run(config)
 
     dataset = builders.load_training_dataset(config)
     parallel.check_dataset_fits_batch(len(dataset), config.batch_size)
@@ -53,12 +54,16 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     def init_state():
         return create_train_state(builders.init_params(model, config, contexts.dim, init_key), optimizer)
 
+    if resumed and os.path.isfile(os.path.join(config.workdir, RUN_INFO_FILENAME)):
+        trained_hash = read_run_info(config.workdir).clip_weights_hash
+        check_same_clip(trained_hash, config.clip_model, contexts.clip_weights_hash)
     checkpoints = Checkpoints(config.workdir, config.keep_checkpoints)
     state = checkpoints.restore_or_initialize(init_state, parallel.replicated(mesh))
     if is_chief:
         write_flags(config)
         write_run_info(config.workdir, RunInfo(context_dim=contexts.dim, class_names=dataset.class_names,
-                                               condition=config.condition))
+                                               condition=config.condition,
+                                               clip_weights_hash=contexts.clip_weights_hash))
     num_params = count_params(state.params)
     logging.info("U-Net: %s parameters; %d devices; %d training images", f"{num_params:,}",
                  mesh.devices.size, len(dataset))

@@ -80,11 +80,18 @@ RUN_INFO_FILENAME = "run_info.json"
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
     """What sampling needs beyond flags.txt and cannot cheaply recompute (it would have to load
-    the dataset): the context width and the class names the model was trained with."""
+    the dataset): the context width and the class names the model was trained with.
+
+    clip_weights_hash identifies the CLIP whose embeddings were the contexts (empty without
+    CLIP). --clip_model names a path or a hub id, and what it holds can change after training:
+    a retrained CLIP at the same path has a different embedding space, in which prompts would
+    silently miss what the U-Net learned.
+    """
 
     context_dim: int
     class_names: tuple[str, ...]
     condition: str
+    clip_weights_hash: str = ""
 
 
 def write_run_info(workdir: str, info: RunInfo) -> None:
@@ -99,4 +106,13 @@ def read_run_info(workdir: str) -> RunInfo:
     with open(path, encoding="utf-8") as handle:
         raw = json.load(handle)
     return RunInfo(context_dim=int(raw["context_dim"]), class_names=tuple(raw["class_names"]),
-                   condition=raw["condition"])
+                   condition=raw["condition"], clip_weights_hash=raw.get("clip_weights_hash", ""))
+
+
+def check_same_clip(trained_hash: str, clip_model: str, weights_hash: str) -> None:
+    """UserError unless `weights_hash` is `trained_hash`, the CLIP a run was trained with (an
+    empty `trained_hash`, from a run without CLIP or one that predates the record, passes)."""
+    if trained_hash and weights_hash != trained_hash:
+        raise UserError(f"--clip_model {clip_model} now holds other weights (sha256 {weights_hash[:12]}...) than "
+                        f"the CLIP this run was trained with ({trained_hash[:12]}...); its embeddings "
+                        "would not match what the U-Net learned: restore that CLIP or train a new run")

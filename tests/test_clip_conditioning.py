@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,7 +54,9 @@ def test_clip_image_run_builds_the_cache_trains_and_samples_from_prompts(tmp_pat
     manifest = _manifests(tmp_path / "cache")["image"]
     assert manifest["count"] == 16 and manifest["embedding_dim"] == PROJECTION_DIM
     assert manifest["finished_shards"] == [0] and manifest["clip_model"] == str(clip_dir)
-    assert read_run_info(config.workdir).context_dim == PROJECTION_DIM  # width follows the CLIP
+    info = read_run_info(config.workdir)
+    assert info.context_dim == PROJECTION_DIM  # width follows the CLIP
+    assert info.clip_weights_hash == CLIPEncoder.from_pretrained(clip_dir).weights_hash == manifest["weights_hash"]
 
     # The trainer's contexts are the cached image embeddings; a second start reads them, not CLIP.
     dataset = builders.load_training_dataset(config)
@@ -104,3 +107,20 @@ def test_prompt_of_another_width_is_refused(tmp_path, clip_dir):
         contexts_for_request(request, config, info)
     with pytest.raises(UserError, match="needs a CLIP-conditioned run"):
         contexts_for_request(request, config, dataclasses.replace(info, condition="class"))
+
+
+def test_a_clip_replaced_after_training_is_refused_by_resume_and_by_prompts(tmp_path):
+    clip_dir = tmp_path / "clip"
+    make_tiny_clip(clip_dir, projection_dim=PROJECTION_DIM, seed=4)
+    config = _config(tmp_path, clip_dir, "clip_image")
+    train_and_evaluate(config)
+    saved = {name: (tmp_path / "clip_image" / name).read_bytes() for name in ("flags.txt", "run_info.json")}
+
+    # Same path, same width, other weights: a retrained CLIP whose space the U-Net never saw.
+    make_tiny_clip(tmp_path / "retrained", projection_dim=PROJECTION_DIM, seed=5)
+    shutil.copyfile(tmp_path / "retrained" / "model.safetensors", clip_dir / "model.safetensors")
+    with pytest.raises(UserError, match="other weights"):
+        train_and_evaluate(dataclasses.replace(config, num_steps=3))
+    with pytest.raises(UserError, match="other weights"):
+        generate_samples(SampleRequest(workdir=config.workdir, prompts=PROMPTS, guidance=(1.0,)))
+    assert saved == {name: (tmp_path / "clip_image" / name).read_bytes() for name in saved}

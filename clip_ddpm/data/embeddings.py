@@ -246,9 +246,10 @@ def cached_embeddings(dataset: ImageDataset, encoder, kind: str, cache_dir: str 
     return build_embeddings(dataset, encoder, kind, directory, split, shard_size), directory
 
 
-def clip_context_vectors(config, dataset: ImageDataset, split: str = "train") -> np.ndarray:
+def clip_context_vectors(config, dataset: ImageDataset, split: str = "train") -> tuple[np.ndarray, str]:
     """The U-Net contexts of --condition=clip_image (image embeddings) or clip_text (caption
-    embeddings) for `dataset`, float32 [N, projection_dim], from the cache (built if missing)."""
+    embeddings) for `dataset`, float32 [N, projection_dim], from the cache (built if missing),
+    with the weights hash of the CLIP that made them."""
     from clip_ddpm.sharded_clip import ShardedCLIPEncoder
 
     kind = CONDITION_KINDS.get(config.condition)
@@ -257,4 +258,4 @@ def clip_context_vectors(config, dataset: ImageDataset, split: str = "train") ->
     encoder = ShardedCLIPEncoder.from_pretrained(config.clip_model)
     vectors, directory = cached_embeddings(dataset, encoder, kind, config.clip_cache_dir, split)
     logging.info("CLIP %s contexts of %s: %s from %s", kind, dataset.name, vectors.shape, directory)
-    return as_contexts(vectors)
+    return as_contexts(vectors), encoder.weights_hash

@@ -40,11 +40,12 @@ def load_training_dataset(config: Config, split: str = "train") -> ImageDataset:
                         process_index=jax.process_index(), process_count=jax.process_count(), **options)
 
 
-def build_context_source(config: Config, dataset: ImageDataset) -> ContextSource:
-    """The conditioning of --condition for this dataset (CLIP conditions read the cache)."""
+def build_context_source(config: Config, dataset: ImageDataset, trained_clip_hash: str = "") -> ContextSource:
+    """The conditioning of --condition for this dataset (CLIP conditions read the cache, and
+    refuse a CLIP other than `trained_clip_hash`, the one a resumed run was trained with)."""
     if config.condition in ("clip_image", "clip_text"):
         from clip_ddpm.data.embeddings import clip_context_vectors
-        vectors, weights_hash = clip_context_vectors(config, dataset)
+        vectors, weights_hash = clip_context_vectors(config, dataset, trained_weights_hash=trained_clip_hash)
         source = context_source_for(config.condition, dataset, vectors=vectors)
         return dataclasses.replace(source, clip_weights_hash=weights_hash)
     return context_source_for(config.condition, dataset, config.context_file)

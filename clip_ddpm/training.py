@@ -18,8 +18,7 @@ from clip_ddpm.metric_writer import MetricWriter
 from clip_ddpm.models.unet import count_params
 from clip_ddpm.sampling import make_sampler, sample_grid
 from clip_ddpm.train_state import create_train_state, make_optimizer
-from clip_ddpm.workdir import (RUN_INFO_FILENAME, RunInfo, check_same_clip, read_run_info, start_run, write_flags,
-                              write_run_info)
+from clip_ddpm.workdir import RunInfo, recorded_clip_hash, start_run, write_flags, write_run_info
 
 
 @dataclasses.dataclass
@@ -43,7 +42,7 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     parallel.check_dataset_fits_batch(len(dataset), config.batch_size)
     if dataset.image_size != config.image_size:
         raise UserError(f"dataset images are {dataset.image_size}px, --image_size is {config.image_size}")
-    contexts = builders.build_context_source(config, dataset)
+    contexts = builders.build_context_source(config, dataset, recorded_clip_hash(config.workdir) if resumed else "")
     model = builders.build_model(config, contexts.dim)
     schedule = builders.build_schedule(config)
     optimizer, lr_fn = make_optimizer(config.learning_rate, config.num_steps, config.warmup_steps,
@@ -54,9 +53,6 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     def init_state():
         return create_train_state(builders.init_params(model, config, contexts.dim, init_key), optimizer)
 
-    if resumed and os.path.isfile(os.path.join(config.workdir, RUN_INFO_FILENAME)):
-        trained_hash = read_run_info(config.workdir).clip_weights_hash
-        check_same_clip(trained_hash, config.clip_model, contexts.clip_weights_hash)
     checkpoints = Checkpoints(config.workdir, config.keep_checkpoints)
     state = checkpoints.restore_or_initialize(init_state, parallel.replicated(mesh))
     if is_chief:

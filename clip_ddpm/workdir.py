@@ -109,6 +109,14 @@ def read_run_info(workdir: str) -> RunInfo:
                    condition=raw["condition"], clip_weights_hash=raw.get("clip_weights_hash", ""))
 
 
+def recorded_clip_hash(workdir: str) -> str:
+    """The CLIP weights hash the run in `workdir` recorded ("" when there is no run_info.json yet,
+    the run uses no CLIP, or it predates the record)."""
+    if not os.path.isfile(os.path.join(workdir, RUN_INFO_FILENAME)):
+        return ""
+    return read_run_info(workdir).clip_weights_hash
+
+
 def check_same_clip(trained_hash: str, clip_model: str, weights_hash: str) -> None:
     """UserError unless `weights_hash` is `trained_hash`, the CLIP a run was trained with (an
     empty `trained_hash`, from a run without CLIP or one that predates the record, passes)."""

@@ -121,6 +121,8 @@ def test_a_clip_replaced_after_training_is_refused_by_resume_and_by_prompts(tmp_
     shutil.copyfile(tmp_path / "retrained" / "model.safetensors", clip_dir / "model.safetensors")
     with pytest.raises(UserError, match="other weights"):
         train_and_evaluate(dataclasses.replace(config, num_steps=3))
+    # Refused before encoding anything: the cache holds only the first CLIP's embeddings.
+    assert len(list((tmp_path / "cache").glob("clip_cache/*"))) == 1
     with pytest.raises(UserError, match="other weights"):
         generate_samples(SampleRequest(workdir=config.workdir, prompts=PROMPTS, guidance=(1.0,)))
     assert saved == {name: (tmp_path / "clip_image" / name).read_bytes() for name in saved}

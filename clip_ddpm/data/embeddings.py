@@ -246,16 +246,23 @@ def cached_embeddings(dataset: ImageDataset, encoder, kind: str, cache_dir: str 
     return build_embeddings(dataset, encoder, kind, directory, split, shard_size), directory
 
 
-def clip_context_vectors(config, dataset: ImageDataset, split: str = "train") -> tuple[np.ndarray, str]:
+def clip_context_vectors(config, dataset: ImageDataset, split: str = "train",
+                         trained_weights_hash: str = "") -> tuple[np.ndarray, str]:
     """The U-Net contexts of --condition=clip_image (image embeddings) or clip_text (caption
     embeddings) for `dataset`, float32 [N, projection_dim], from the cache (built if missing),
-    with the weights hash of the CLIP that made them."""
+    with the weights hash of the CLIP that made them.
+
+    trained_weights_hash: the CLIP a resumed run was trained with; other weights at
+    --clip_model are refused before any embedding is computed.
+    """
     from clip_ddpm.sharded_clip import ShardedCLIPEncoder
+    from clip_ddpm.workdir import check_same_clip
 
     kind = CONDITION_KINDS.get(config.condition)
     if kind is None:
         raise EmbeddingCacheError(f"--condition={config.condition} has no CLIP embeddings")
     encoder = ShardedCLIPEncoder.from_pretrained(config.clip_model)
+    check_same_clip(trained_weights_hash, config.clip_model, encoder.weights_hash)
     vectors, directory = cached_embeddings(dataset, encoder, kind, config.clip_cache_dir, split)
     logging.info("CLIP %s contexts of %s: %s from %s", kind, dataset.name, vectors.shape, directory)
     return as_contexts(vectors), encoder.weights_hash

@@ -30,8 +30,7 @@ def encode_prompts(config, prompts: Sequence[str], trained_weights_hash: str = "
     if not config.clip_model:
         raise UserError(f"this run (--condition={config.condition}) names no --clip_model to encode prompts with")
     encoder = CLIPEncoder.from_pretrained(config.clip_model)
-    if trained_weights_hash:
-        check_same_clip(trained_weights_hash, config.clip_model, encoder.weights_hash)
+    check_same_clip(trained_weights_hash, config.clip_model, encoder.weights_hash)
     if encoder.tokenizer is None:
         raise UserError(f"CLIP model {config.clip_model!r} has no tokenizer files, so it cannot encode --prompt")
     return as_contexts(encoder.encode_texts(prompts))

@@ -32,10 +32,10 @@ class EmbedRequest:
 
 def embed_dataset(request: EmbedRequest) -> dict[str, str]:
     """Builds (or completes) the cache of each requested kind; returns {kind: cache folder}."""
-    from clip_ddpm import builders
-    from clip_ddpm.config import Config
-    from clip_ddpm.data.embeddings import KINDS, cached_embeddings
-    from clip_ddpm.sharded_clip import ShardedCLIPEncoder
+    from clip_ddpm.ddpm import builders
+    from clip_ddpm.ddpm.config import Config
+    from clip_ddpm.clip.embedding_cache import KINDS, cached_embeddings
+    from clip_ddpm.clip.sharded_encoder import ShardedCLIPEncoder
 
     if not request.clip_model:
         raise UserError("--clip_model is required")

@@ -31,7 +31,7 @@ def run_command(argv: list[str], command: Callable[[], object]) -> None:
     chatter, and report a UserError as one line with exit status 2."""
     from absl import app
 
-    from clip_ddpm.logs import quiet_library_logs
+    from clip_ddpm.cli import quiet_library_logs
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")

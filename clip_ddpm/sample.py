@@ -75,13 +75,15 @@ def generate_samples(request: SampleRequest) -> dict:
     import jax
     import numpy as np
 
-    from clip_ddpm import builders, config as config_lib, parallel
-    from clip_ddpm.checkpoints import Checkpoints, abstract_like
-    from clip_ddpm.image_grid import save_grid
-    from clip_ddpm.sample_contexts import contexts_for_request
-    from clip_ddpm.sampling import make_sampler, sample_grid
-    from clip_ddpm.train_state import create_train_state, make_optimizer
-    from clip_ddpm.workdir import flags_path, read_run_info
+    from clip_ddpm.ddpm import builders
+    from clip_ddpm.ddpm import config as config_lib
+    from clip_ddpm.training import parallel
+    from clip_ddpm.training.checkpoints import Checkpoints, abstract_like
+    from clip_ddpm.evaluation.image_grid import save_grid
+    from clip_ddpm.ddpm.sample_contexts import contexts_for_request
+    from clip_ddpm.diffusion.grid import make_sampler, sample_grid
+    from clip_ddpm.training.train_state import create_train_state, make_optimizer
+    from clip_ddpm.training.workdir import flags_path, read_run_info
 
     if not request.workdir:
         raise UserError("--workdir is required")

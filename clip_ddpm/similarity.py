@@ -67,9 +67,9 @@ def clip_features(clip_model: str, images: Sequence[Image.Image],
     """
     import jax
 
-    from clip_ddpm.clip_preprocess import PreprocessConfig, preprocess_images
-    from clip_ddpm.clip_tokenizer import tokenize
-    from clip_ddpm.clip_weights import load_clip, resolve_clip_directory
+    from clip_ddpm.clip.preprocess import PreprocessConfig, preprocess_images
+    from clip_ddpm.clip.tokenizer import tokenize
+    from clip_ddpm.clip.weights import load_clip, resolve_clip_directory
     from clip_ddpm.models.clip import CLIP
 
     directory = resolve_clip_directory(clip_model)
@@ -116,7 +116,7 @@ def _check_heatmap_path(path: str, overwrite: bool) -> None:
 def run_similarity(clip_model: str, image_paths: Sequence[str], texts: Sequence[str], raw: bool = False,
                    heatmap: str = "", overwrite: bool = False, out: TextIO | None = None) -> SimilarityResult:
     """What the command does: compare, print the table(s), save the heat map if asked."""
-    from clip_ddpm.similarity_report import draw_heatmap, format_table
+    from clip_ddpm.evaluation.similarity_report import draw_heatmap, format_table
 
     out = out or sys.stdout
     if not clip_model:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from clip_ddpm import config as config_lib
-from clip_ddpm.clip_train_config import ClipTrainConfig
+from clip_ddpm.ddpm import config as config_lib
+from clip_ddpm.clip.train.config import ClipTrainConfig
 from clip_ddpm.errors import run_command
 
 config_lib.define_flags(flags.FLAGS, ClipTrainConfig)
@@ -17,7 +17,7 @@ config_lib.define_flags(flags.FLAGS, ClipTrainConfig)
 
 def main(argv: list[str]) -> None:
     def command():
-        from clip_ddpm.clip_training import train_clip_and_evaluate  # heavy imports after flag parsing
+        from clip_ddpm.clip.train.trainer import train_clip_and_evaluate  # heavy imports after flag parsing
         return train_clip_and_evaluate(config_lib.from_flags(flags.FLAGS, ClipTrainConfig).validate())
 
     run_command(argv, command)

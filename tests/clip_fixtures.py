@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clip_ddpm.clip_tokenizer import train_clip_tokenizer
+from clip_ddpm.clip.tokenizer import train_clip_tokenizer
 
 CAPTIONS = [
     "a red circle on a blue background",

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_ddpm import builders
-from clip_ddpm.clip_encoder import CLIPEncoder
-from clip_ddpm.config import Config
-from clip_ddpm.data import embeddings
+from clip_ddpm.ddpm import builders
+from clip_ddpm.clip.encoder import CLIPEncoder
+from clip_ddpm.ddpm.config import Config
+from clip_ddpm.clip import embedding_cache as embeddings
 from clip_ddpm.errors import UserError
-from clip_ddpm.prompt_contexts import encode_prompts
+from clip_ddpm.ddpm.prompt_contexts import encode_prompts
 from clip_ddpm.sample import SampleRequest, generate_samples
-from clip_ddpm.sample_contexts import contexts_for_request
-from clip_ddpm.sharded_clip import ShardedCLIPEncoder
-from clip_ddpm.training import train_and_evaluate
-from clip_ddpm.workdir import RunInfo, read_run_info
+from clip_ddpm.ddpm.sample_contexts import contexts_for_request
+from clip_ddpm.clip.sharded_encoder import ShardedCLIPEncoder
+from clip_ddpm.ddpm.trainer import train_and_evaluate
+from clip_ddpm.training.workdir import RunInfo, read_run_info
 from clip_fixtures import make_tiny_clip
 
 PROJECTION_DIM = 20

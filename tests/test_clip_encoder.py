@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers
 
-from clip_ddpm import clip_weights
-from clip_ddpm.clip_encoder import CLIPEncoder
+from clip_ddpm.clip import weights as clip_weights
+from clip_ddpm.clip.encoder import CLIPEncoder
 from clip_ddpm.models.clip import CLIPError
 from clip_fixtures import CAPTIONS, make_tiny_clip
 

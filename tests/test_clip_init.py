@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from clip_ddpm.clip_init import mimetic_layer, sincos_2d, sincos_vision_positions
+from clip_ddpm.clip.train.init import mimetic_layer, sincos_2d, sincos_vision_positions
 
 
 def test_sincos_codes_make_nearby_patches_alike():

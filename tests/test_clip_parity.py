@@ -14,8 +14,8 @@ import pytest
 import torch
 import transformers
 
-from clip_ddpm import clip_weights
-from clip_ddpm.clip_tokenizer import tokenize
+from clip_ddpm.clip import weights as clip_weights
+from clip_ddpm.clip.tokenizer import tokenize
 from clip_ddpm.models.clip import CLIP, CLIPConfig, CLIPError, CLIPTextConfig, CLIPVisionConfig, init_clip_params
 from clip_fixtures import CAPTIONS, make_tiny_clip
 

@@ -8,7 +8,7 @@ import pytest
 import transformers
 from PIL import Image
 
-from clip_ddpm.clip_preprocess import (
+from clip_ddpm.clip.preprocess import (
     OPENAI_CLIP_STD, CLIPPreprocessError, PreprocessConfig, preprocess_images, preprocess_images_jax,
 )
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from clip_ddpm.clip_tokenizer import CLIPTokenizerError, tokenize, train_clip_tokenizer
+from clip_ddpm.clip.tokenizer import CLIPTokenizerError, tokenize, train_clip_tokenizer
 from clip_fixtures import CAPTIONS, make_tokenizer
 
 L = 16

@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_ddpm import clip_training, config as config_lib
-from clip_ddpm.clip_step import contrastive_loss
-from clip_ddpm.clip_train_config import ClipTrainConfig
+from clip_ddpm.clip.train import trainer as clip_training
+from clip_ddpm.ddpm import config as config_lib
+from clip_ddpm.clip.train.step import contrastive_loss
+from clip_ddpm.clip.train.config import ClipTrainConfig
 from clip_ddpm.errors import UserError
-from clip_ddpm.metric_writer import MetricWriter
-from clip_ddpm.workdir import write_flags
+from clip_ddpm.training.metric_writer import MetricWriter
+from clip_ddpm.training.workdir import write_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,7 +118,7 @@ def test_export_loads_in_transformers_with_the_same_embeddings(trained):
     import torch
     import transformers
 
-    from clip_ddpm.clip_encoder import CLIPEncoder
+    from clip_ddpm.clip.encoder import CLIPEncoder
     from clip_ddpm.data import shapes
 
     workdir, result = trained

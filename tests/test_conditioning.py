@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_ddpm import conditioning
+from clip_ddpm.diffusion import conditioning
 
 
 def test_sample_mode_drops_whole_vectors_at_the_requested_rate():

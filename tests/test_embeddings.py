@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from clip_ddpm import clip_weights
-from clip_ddpm.clip_encoder import CLIPEncoder
-from clip_ddpm.data import embeddings, load_dataset
-from clip_ddpm.data.embeddings import EmbeddingCacheError, build_embeddings, load_embeddings
+from clip_ddpm.clip import weights as clip_weights
+from clip_ddpm.clip.encoder import CLIPEncoder
+from clip_ddpm.clip import embedding_cache as embeddings
+from clip_ddpm.data import load_dataset
+from clip_ddpm.clip.embedding_cache import EmbeddingCacheError, build_embeddings, load_embeddings
 from clip_ddpm.embed import EmbedRequest, embed_dataset
 from clip_ddpm.errors import UserError
-from clip_ddpm.sharded_clip import ShardedCLIPEncoder, padded_batch
+from clip_ddpm.clip.sharded_encoder import ShardedCLIPEncoder, padded_batch
 from clip_fixtures import make_tiny_clip
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from clip_ddpm.config import read_flagfile
-from clip_ddpm.training import train_and_evaluate
-from clip_ddpm.workdir import read_run_info
+from clip_ddpm.ddpm.config import read_flagfile
+from clip_ddpm.ddpm.trainer import train_and_evaluate
+from clip_ddpm.training.workdir import read_run_info
 from clip_fixtures import make_tiny_clip
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "flowers_gpu.cfg"

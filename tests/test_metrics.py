@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from clip_ddpm import metrics
+from clip_ddpm.evaluation import metrics
 
 
 def test_prompt_ensemble_normalises_each_prompt_then_the_mean():

@@ -12,7 +12,7 @@ import torch
 import transformers
 from PIL import Image
 
-from clip_ddpm import similarity_report
+from clip_ddpm.evaluation import similarity_report
 from clip_ddpm.errors import UserError
 from clip_ddpm.similarity import SimilarityError, read_images, run_similarity
 from clip_fixtures import make_tiny_clip

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_ddpm import config as config_lib
-from clip_ddpm.checkpoints import Checkpoints
+from clip_ddpm.ddpm import config as config_lib
+from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.errors import UserError
 from clip_ddpm.sample import SampleRequest, generate_samples
-from clip_ddpm.training import train_and_evaluate
+from clip_ddpm.ddpm.trainer import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "experiments", "configs", "smoke.cfg")

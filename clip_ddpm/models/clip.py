@@ -3,7 +3,7 @@
 The parameter tree mirrors the Hugging Face ``CLIPModel`` state dict module for module
 (``text_model/encoder/layers_3/self_attn/q_proj``), so converting a checkpoint is a renaming and
 a few transposes, and a checkpoint trained here loads in transformers unchanged
-(see ``clip_ddpm.clip_weights``).
+(see ``clip_ddpm.clip.weights``).
 
 Parameters are always float32; ``dtype`` only sets the compute dtype (bfloat16 on accelerators).
 Embeddings leaving the model are float32 whatever the compute dtype, so downstream code (the
@@ -217,7 +217,7 @@ class VisionTransformer(nn.Module):
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise CLIPError(
                 f"pixel_values must be NHWC [batch, {', '.join(map(str, expected))}]; "
-                f"got shape {tuple(pixel_values.shape)}. Preprocess images with clip_ddpm.clip_preprocess."
+                f"got shape {tuple(pixel_values.shape)}. Preprocess images with clip_ddpm.clip.preprocess."
             )
         x = VisionEmbeddings(cfg, self.dtype, name="embeddings")(pixel_values.astype(self.dtype))
         x = _layer_norm(cfg.layer_norm_eps, self.dtype, "pre_layrnorm")(x)

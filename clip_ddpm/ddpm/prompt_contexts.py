@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from clip_ddpm.errors import UserError
-from clip_ddpm.workdir import check_same_clip
+from clip_ddpm.training.workdir import check_same_clip
 
 
 def encode_prompts(config, prompts: Sequence[str], trained_weights_hash: str = "") -> np.ndarray:
@@ -21,8 +21,8 @@ def encode_prompts(config, prompts: Sequence[str], trained_weights_hash: str = "
     trained_weights_hash: the run's record of its CLIP (run_info.json); a CLIP with other weights
     at the same --clip_model is refused.
     """
-    from clip_ddpm.clip_encoder import CLIPEncoder
-    from clip_ddpm.data.embeddings import as_contexts
+    from clip_ddpm.clip.encoder import CLIPEncoder
+    from clip_ddpm.clip.embedding_cache import as_contexts
 
     prompts = [str(p) for p in prompts]
     if not prompts or not all(p.strip() for p in prompts):

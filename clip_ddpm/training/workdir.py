@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from clip_ddpm import config as config_lib
+from clip_ddpm.ddpm import config as config_lib
 from clip_ddpm.errors import UserError
 
 
@@ -54,7 +54,7 @@ def start_run(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_FIEL
     """
     import jax
 
-    from clip_ddpm import parallel
+    from clip_ddpm.training import parallel
 
     config.validate()
     parallel.initialize_distributed(config.distributed)

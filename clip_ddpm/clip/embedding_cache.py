@@ -255,8 +255,8 @@ def clip_context_vectors(config, dataset: ImageDataset, split: str = "train",
     trained_weights_hash: the CLIP a resumed run was trained with; other weights at
     --clip_model are refused before any embedding is computed.
     """
-    from clip_ddpm.sharded_clip import ShardedCLIPEncoder
-    from clip_ddpm.workdir import check_same_clip
+    from clip_ddpm.clip.sharded_encoder import ShardedCLIPEncoder
+    from clip_ddpm.training.workdir import check_same_clip
 
     kind = CONDITION_KINDS.get(config.condition)
     if kind is None:

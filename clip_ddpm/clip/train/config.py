@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from clip_ddpm.clip_step import MAX_LOGIT_SCALE
-from clip_ddpm.config import DTYPES, field
+from clip_ddpm.clip.train.step import MAX_LOGIT_SCALE
+from clip_ddpm.ddpm.config import DTYPES, field
 from clip_ddpm.errors import UserError
 
 EXPORT_DIRNAME = "clip"

@@ -2,7 +2,7 @@
 
 Images and texts are embedded in fixed-size jitted batches (the model and preprocessing are
 static arguments, so evaluating several parameter sets of one model compiles once); the
-scores themselves come from `clip_ddpm.metrics`. Images are preprocessed on the device with
+scores themselves come from `clip_ddpm.evaluation.metrics`. Images are preprocessed on the device with
 `preprocess_images_jax`, as in training.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from clip_ddpm import metrics
-from clip_ddpm.clip_preprocess import PreprocessConfig, preprocess_images_jax
-from clip_ddpm.clip_tokenizer import tokenize
+from clip_ddpm.evaluation import metrics
+from clip_ddpm.clip.preprocess import PreprocessConfig, preprocess_images_jax
+from clip_ddpm.clip.tokenizer import tokenize
 from clip_ddpm.data import captions as caption_lib
 from clip_ddpm.data import shapes
 from clip_ddpm.data.dataset import ImageDataset

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from clip_ddpm import diffusion
-from clip_ddpm.config import Config
-from clip_ddpm.contexts import ContextSource, context_source_for
+from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.contexts import ContextSource, context_source_for
 from clip_ddpm.data import ImageDataset, load_dataset
 from clip_ddpm.models.layers import resolve_conv_impl
 from clip_ddpm.models.unet import UNet
@@ -44,7 +44,7 @@ def build_context_source(config: Config, dataset: ImageDataset, trained_clip_has
     """The conditioning of --condition for this dataset (CLIP conditions read the cache, and
     refuse a CLIP other than `trained_clip_hash`, the one a resumed run was trained with)."""
     if config.condition in ("clip_image", "clip_text"):
-        from clip_ddpm.data.embeddings import clip_context_vectors
+        from clip_ddpm.clip.embedding_cache import clip_context_vectors
         vectors, weights_hash = clip_context_vectors(config, dataset, trained_weights_hash=trained_clip_hash)
         source = context_source_for(config.condition, dataset, vectors=vectors)
         return dataclasses.replace(source, clip_weights_hash=weights_hash)

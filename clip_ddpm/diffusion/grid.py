@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_ddpm import diffusion
+from clip_ddpm.diffusion import samplers, schedules
 from clip_ddpm.data.dataset import to_uint8
 
 
-def make_sampler(model: nn.Module, schedule: diffusion.Schedule, image_shape: tuple[int, int, int],
+def make_sampler(model: nn.Module, schedule: schedules.Schedule, image_shape: tuple[int, int, int],
                  sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0) -> Callable:
     """fn(params, key, contexts [N, D] | None, guidance [N]) -> float images [N, H, W, C] in [-1, 1]."""
 
@@ -25,7 +25,7 @@ def make_sampler(model: nn.Module, schedule: diffusion.Schedule, image_shape: tu
         def eps_fn(x, t_frac, c):
             return model.apply(params, x, t_frac, c)
         shape = (guidance.shape[0],) + tuple(image_shape)
-        return diffusion.sample(eps_fn, schedule, key, shape, contexts, guidance, sampler, steps, eta)
+        return samplers.sample(eps_fn, schedule, key, shape, contexts, guidance, sampler, steps, eta)
 
     return run
 

@@ -1,7 +1,7 @@
 """CLIPEncoder, data-parallel: parameters replicated, every batch split along the 'data' axis.
 
 Embedding a whole dataset is embarrassingly parallel, so the encoder's jitted towers are run
-with the batch sharded over a 1-D ('data',) mesh (clip_ddpm.parallel) and the parameters
+with the batch sharded over a 1-D ('data',) mesh (clip_ddpm.training.parallel) and the parameters
 replicated; XLA then runs one slice of the batch per device with no communication besides the
 final gather to the host. Everything else (tokenising, preprocessing, identity of the weights)
 is the plain CLIPEncoder's, so both give the same embeddings.
@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from clip_ddpm import parallel
-from clip_ddpm.clip_encoder import CLIPEncoder
+from clip_ddpm.training import parallel
+from clip_ddpm.clip.encoder import CLIPEncoder
 from clip_ddpm.models.clip import CLIPConfig
 
 

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from clip_ddpm import conditioning, diffusion
-from clip_ddpm.parallel import data_sharded, replicated
-from clip_ddpm.train_state import TrainState, apply_gradients, tree_l2_norm
+from clip_ddpm import diffusion
+from clip_ddpm.diffusion import conditioning
+from clip_ddpm.training.parallel import data_sharded, replicated
+from clip_ddpm.training.train_state import TrainState, apply_gradients, tree_l2_norm
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

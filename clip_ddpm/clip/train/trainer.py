@@ -20,23 +20,23 @@ import jax
 import numpy as np
 from absl import logging
 
-from clip_ddpm import parallel
-from clip_ddpm.checkpoints import Checkpoints
-from clip_ddpm.clip_evaluation import Embedder, evaluate_clip, format_table
-from clip_ddpm.clip_init import mimetic_vision_attention, sincos_vision_positions
-from clip_ddpm.clip_preprocess import PreprocessConfig
-from clip_ddpm.clip_step import MAX_LOGIT_SCALE, ClipStepSpec, make_clip_train_step
-from clip_ddpm.clip_tokenizer import has_tokenizer_files, load_tokenizer, tokenize, train_clip_tokenizer
-from clip_ddpm.clip_train_config import RESUMABLE_FIELDS, ClipTrainConfig
-from clip_ddpm.clip_weights import save_clip
+from clip_ddpm.training import parallel
+from clip_ddpm.training.checkpoints import Checkpoints
+from clip_ddpm.clip.train.evaluation import Embedder, evaluate_clip, format_table
+from clip_ddpm.clip.train.init import mimetic_vision_attention, sincos_vision_positions
+from clip_ddpm.clip.preprocess import PreprocessConfig
+from clip_ddpm.clip.train.step import MAX_LOGIT_SCALE, ClipStepSpec, make_clip_train_step
+from clip_ddpm.clip.tokenizer import has_tokenizer_files, load_tokenizer, tokenize, train_clip_tokenizer
+from clip_ddpm.clip.train.config import RESUMABLE_FIELDS, ClipTrainConfig
+from clip_ddpm.clip.weights import save_clip
 from clip_ddpm.data import ImageDataset, load_dataset
 from clip_ddpm.errors import UserError
-from clip_ddpm.loop import LoopSettings, run_loop
-from clip_ddpm.metric_writer import MetricWriter
+from clip_ddpm.training.loop import LoopSettings, run_loop
+from clip_ddpm.training.metric_writer import MetricWriter
 from clip_ddpm.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, init_clip_params
-from clip_ddpm.train_state import create_train_state
-from clip_ddpm.training import TrainResult
-from clip_ddpm.workdir import ensure_writable_directory, start_run, write_flags
+from clip_ddpm.training.train_state import create_train_state
+from clip_ddpm.ddpm.trainer import TrainResult
+from clip_ddpm.training.workdir import ensure_writable_directory, start_run, write_flags
 
 __all__ = ["ClipTrainConfig", "ClipTrainResult", "train_clip_and_evaluate", "build_clip_config"]
 

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from clip_ddpm import clip_preprocess
-from clip_ddpm.clip_tokenizer import tokenize
-from clip_ddpm.clip_weights import load_clip, resolve_clip_directory
+from clip_ddpm.clip import preprocess as clip_preprocess
+from clip_ddpm.clip.tokenizer import tokenize
+from clip_ddpm.clip.weights import load_clip, resolve_clip_directory
 from clip_ddpm.models.clip import CLIP, CLIPConfig, CLIPError, l2_normalize
 
 

@@ -7,18 +7,19 @@ import os
 import jax
 from absl import logging
 
-from clip_ddpm import builders, parallel
-from clip_ddpm.checkpoints import Checkpoints
-from clip_ddpm.config import Config
-from clip_ddpm.ddpm_step import StepConfig, make_data_train_step, make_train_step
+from clip_ddpm.ddpm import builders
+from clip_ddpm.training import parallel
+from clip_ddpm.training.checkpoints import Checkpoints
+from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.step import StepConfig, make_data_train_step, make_train_step
 from clip_ddpm.errors import UserError
-from clip_ddpm.image_grid import save_grid
-from clip_ddpm.loop import LoopSettings, run_loop
-from clip_ddpm.metric_writer import MetricWriter
+from clip_ddpm.evaluation.image_grid import save_grid
+from clip_ddpm.training.loop import LoopSettings, run_loop
+from clip_ddpm.training.metric_writer import MetricWriter
 from clip_ddpm.models.unet import count_params
-from clip_ddpm.sampling import make_sampler, sample_grid
-from clip_ddpm.train_state import create_train_state, make_optimizer
-from clip_ddpm.workdir import RunInfo, recorded_clip_hash, start_run, write_flags, write_run_info
+from clip_ddpm.diffusion.grid import make_sampler, sample_grid
+from clip_ddpm.training.train_state import create_train_state, make_optimizer
+from clip_ddpm.training.workdir import RunInfo, recorded_clip_hash, start_run, write_flags, write_run_info
 
 
 @dataclasses.dataclass

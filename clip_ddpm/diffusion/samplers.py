@@ -1,86 +1,35 @@
-"""DDPM maths as pure functions: schedules, forward noising, the loss, reverse steps, samplers.
+"""The reverse process: DDPM and DDIM steps, classifier-free guidance, the whole-chain sampler.
 
-Conventions: timesteps t are integers in [0, T); the model is called as
-`eps_fn(x_t, t_frac, context)` with t_frac = t / T, so the network never sees the schedule.
-Nothing here holds state; every sampler is one jitted loop with no host round-trip.
+The model is called as `eps_fn(x_t, t_frac, context)` with t_frac = t / T, so the network never
+sees the schedule. Every sampler is one `lax.scan` with no host round-trip.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-SCHEDULES = ("linear", "cosine")
+from clip_ddpm.diffusion.schedules import Schedule, broadcastable, per_example
+
 SAMPLERS = ("ddpm", "ddim")
 
 EpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-class Schedule(NamedTuple):
-    """Per-timestep constants, each an array of shape [T]."""
-
-    betas: jax.Array
-    alphas: jax.Array
-    alphas_cumprod: jax.Array
-
-    @property
-    def num_timesteps(self) -> int:
-        return self.betas.shape[0]
-
-
-def make_schedule(kind: str = "linear", num_timesteps: int = 400,
-                  beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
-    """Linear β from beta_start to beta_end (the course: 1e-4 -> 0.02, T = 400), or
-    the cosine ᾱ schedule of Nichol & Dhariwal (2021) with s = 0.008 and β clipped at 0.999."""
-    if kind == "linear":
-        betas = jnp.linspace(beta_start, beta_end, num_timesteps, dtype=jnp.float32)
-    elif kind == "cosine":
-        s = 0.008
-        steps = jnp.arange(num_timesteps + 1, dtype=jnp.float32)
-        f = jnp.cos((steps / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
-        betas = jnp.clip(1.0 - f[1:] / f[:-1], 0.0, 0.999).astype(jnp.float32)
-    else:
-        raise ValueError(f"unknown schedule {kind!r}; expected one of {SCHEDULES}")
-    alphas = 1.0 - betas
-    return Schedule(betas=betas, alphas=alphas, alphas_cumprod=jnp.cumprod(alphas))
-
-
-def _per_example(values: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
-    """values[t] shaped to broadcast against an image batch of rank `ndim`."""
-    return _broadcastable(values[t], ndim)
-
-
-def _broadcastable(v: jax.Array, ndim: int) -> jax.Array:
-    """A per-example vector [B] reshaped to [B, 1, ..., 1] of rank `ndim`."""
-    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
-
-
-def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
-    """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) eps: the closed form of t+1 forward noising steps."""
-    abar = _per_example(schedule.alphas_cumprod, t, x0.ndim)
-    return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * eps
-
-
-def eps_loss(eps_hat: jax.Array, eps: jax.Array) -> jax.Array:
-    """ε-prediction mean squared error (the simple DDPM objective)."""
-    return jnp.mean(jnp.square(eps_hat.astype(jnp.float32) - eps.astype(jnp.float32)))
-
-
 def guided_eps(eps_cond: jax.Array, eps_uncond: jax.Array, w: jax.Array | float) -> jax.Array:
     """Classifier-free guidance: ε = (1 + w)·ε_cond − w·ε_uncond (w = 0: purely conditional)."""
-    w = _broadcastable(jnp.asarray(w, jnp.float32), eps_cond.ndim)
+    w = broadcastable(jnp.asarray(w, jnp.float32), eps_cond.ndim)
     return (1.0 + w) * eps_cond - w * eps_uncond
 
 
 def ddpm_posterior_mean(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps_hat: jax.Array) -> jax.Array:
     """μ(x_t, ε̂) = (x_t − β_t / sqrt(1 − ᾱ_t) · ε̂) / sqrt(α_t)."""
-    beta = _per_example(schedule.betas, t, x_t.ndim)
-    alpha = _per_example(schedule.alphas, t, x_t.ndim)
-    abar = _per_example(schedule.alphas_cumprod, t, x_t.ndim)
+    beta = per_example(schedule.betas, t, x_t.ndim)
+    alpha = per_example(schedule.alphas, t, x_t.ndim)
+    abar = per_example(schedule.alphas_cumprod, t, x_t.ndim)
     return (x_t - beta / jnp.sqrt(1.0 - abar) * eps_hat) / jnp.sqrt(alpha)
 
 
@@ -88,8 +37,8 @@ def ddpm_step(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps_hat: jax.Arr
               noise: jax.Array) -> jax.Array:
     """One ancestral step x_t -> x_{t-1} with σ_t² = β_t (as the course); no noise at t = 0."""
     mean = ddpm_posterior_mean(schedule, x_t, t, eps_hat)
-    sigma = jnp.sqrt(_per_example(schedule.betas, t, x_t.ndim))
-    return mean + jnp.where(_broadcastable(t > 0, x_t.ndim), sigma, 0.0) * noise
+    sigma = jnp.sqrt(per_example(schedule.betas, t, x_t.ndim))
+    return mean + jnp.where(broadcastable(t > 0, x_t.ndim), sigma, 0.0) * noise
 
 
 def ddim_step(schedule: Schedule, x_t: jax.Array, t: jax.Array, t_prev: jax.Array,
@@ -98,9 +47,9 @@ def ddim_step(schedule: Schedule, x_t: jax.Array, t: jax.Array, t_prev: jax.Arra
 
     eta = 0 is deterministic; eta = 1 has the DDPM posterior's variance for these two steps.
     """
-    abar_t = _per_example(schedule.alphas_cumprod, t, x_t.ndim)
-    abar_prev = jnp.where(_broadcastable(t_prev >= 0, x_t.ndim),
-                          _per_example(schedule.alphas_cumprod, jnp.maximum(t_prev, 0), x_t.ndim), 1.0)
+    abar_t = per_example(schedule.alphas_cumprod, t, x_t.ndim)
+    abar_prev = jnp.where(broadcastable(t_prev >= 0, x_t.ndim),
+                          per_example(schedule.alphas_cumprod, jnp.maximum(t_prev, 0), x_t.ndim), 1.0)
     x0_hat = (x_t - jnp.sqrt(1.0 - abar_t) * eps_hat) / jnp.sqrt(abar_t)
     sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
     direction = jnp.sqrt(jnp.clip(1.0 - abar_prev - sigma ** 2, 0.0)) * eps_hat

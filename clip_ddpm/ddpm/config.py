@@ -12,7 +12,7 @@ from typing import Any
 
 from absl import flags
 
-from clip_ddpm.conditioning import DROP_MODES
+from clip_ddpm.diffusion.conditioning import DROP_MODES
 from clip_ddpm.diffusion import SAMPLERS, SCHEDULES
 from clip_ddpm.errors import UserError
 from clip_ddpm.models.layers import CONV_IMPLS

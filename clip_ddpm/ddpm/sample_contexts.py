@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from clip_ddpm.config import Config
-from clip_ddpm.contexts import read_context_array
+from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.contexts import read_context_array
 from clip_ddpm.errors import UserError
-from clip_ddpm.workdir import RunInfo
+from clip_ddpm.training.workdir import RunInfo
 
 
 def _class_index(label: str, class_names: tuple[str, ...]) -> int:
@@ -37,7 +37,7 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
     if request.prompts:
         if info.condition not in ("clip_image", "clip_text"):
             raise UserError(f"--prompt needs a CLIP-conditioned run; this one is --condition={info.condition}")
-        from clip_ddpm.prompt_contexts import encode_prompts
+        from clip_ddpm.ddpm.prompt_contexts import encode_prompts
         vectors = encode_prompts(config, list(request.prompts), info.clip_weights_hash)
         if vectors.shape[1] != info.context_dim:
             raise UserError(f"--clip_model {config.clip_model} gives {vectors.shape[1]}-wide embeddings but this "

@@ -14,9 +14,9 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from clip_ddpm.checkpoints import Checkpoints
+from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.errors import UserError
-from clip_ddpm.metric_writer import MetricWriter
+from clip_ddpm.training.metric_writer import MetricWriter
 
 
 class TrainingDivergedError(UserError):

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from clip_ddpm.clip_preprocess import PreprocessConfig, preprocess_images_jax
-from clip_ddpm.ddpm_step import draw_batch
+from clip_ddpm.clip.preprocess import PreprocessConfig, preprocess_images_jax
+from clip_ddpm.ddpm.step import draw_batch
 from clip_ddpm.models.clip import CLIP, CLIPConfig, l2_normalize
-from clip_ddpm.parallel import data_sharded, replicated
-from clip_ddpm.train_state import TrainState, apply_gradients, make_optimizer, tree_l2_norm
+from clip_ddpm.training.parallel import data_sharded, replicated
+from clip_ddpm.training.train_state import TrainState, apply_gradients, make_optimizer, tree_l2_norm
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

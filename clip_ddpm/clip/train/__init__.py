@@ -1,0 +1,1 @@
+"""Contrastive CLIP training: configuration, initialisation, step, trainer and evaluation."""

@@ -1,0 +1,1 @@
+"""Scores and pictures computed on host arrays: metrics, reports, image grids."""

@@ -35,10 +35,10 @@ def time_ours(args: argparse.Namespace, conv_impl: str) -> dict:
     import optax
 
     from clip_ddpm import diffusion
-    from clip_ddpm.training import parallel
     from clip_ddpm.ddpm.step import StepConfig, jit_train_step, make_train_step
     from clip_ddpm.models.layers import resolve_conv_impl
     from clip_ddpm.models.unet import UNet, count_params
+    from clip_ddpm.training import parallel
     from clip_ddpm.training.train_state import create_train_state
 
     parallel.configure_jax()

@@ -1,9 +1,11 @@
-"""Log hygiene for the command-line tools: our messages at INFO, libraries' chatter hidden."""
+"""What every `python -m clip_ddpm.X` command does around its work: refuse stray arguments, keep
+the libraries' chatter out of the log, and report bad input as one line with a non-zero exit."""
 from __future__ import annotations
 
 import logging as std_logging
+from typing import Callable
 
-from absl import logging
+from clip_ddpm.errors import UserError, exit_with_error
 
 _NOISY_LIBRARIES = ("orbax", "etils", "jax/_src")
 
@@ -17,5 +19,42 @@ class _QuietLibraries(std_logging.Filter):
 
 def quiet_library_logs() -> None:
     """Drops INFO records of checkpointing and JAX internals (orbax logs every file it moves)."""
+    from absl import logging
+
     logging.get_absl_handler().addFilter(_QuietLibraries())
     logging.set_verbosity(logging.INFO)
+
+
+def run_command(argv: list[str], command: Callable[[], object]) -> None:
+    """The body of every entry point's main(): refuse stray arguments, hide the libraries' INFO
+    chatter, and report a UserError as one line with exit status 2."""
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_library_logs()
+    try:
+        command()
+    except UserError as error:
+        exit_with_error(str(error))
+
+
+def trainer_main(config_class: type, trainer: str) -> Callable[[list[str]], None]:
+    """The main() of a trainer's entry point: the parsed flags as a validated `config_class`,
+    passed to `trainer` ("module:function"), which is imported only then, so parsing the flags
+    (and --help) never waits for the numerical libraries."""
+    def main(argv: list[str]) -> None:
+        def command():
+            import importlib
+
+            from absl import flags
+
+            from clip_ddpm.training.flags import from_flags
+
+            module, function = trainer.split(":")
+            return getattr(importlib.import_module(module), function)(
+                from_flags(flags.FLAGS, config_class).validate())
+
+        run_command(argv, command)
+
+    return main

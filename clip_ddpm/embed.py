@@ -7,60 +7,14 @@ The dataset flags mean what they mean for clip_ddpm.train, so training finds thi
 """
 from __future__ import annotations
 
-import dataclasses
-
 from absl import app, flags
 
-from clip_ddpm.errors import UserError, run_command
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbedRequest:
-    clip_model: str
-    dataset: str = "shapes"
-    split: str = "train"
-    image_size: int = 32
-    dataset_size: int = 0
-    seed: int = 0
-    holdout_pairs: tuple[str, ...] = ()
-    tfds_data_dir: str = ""
-    cache_dir: str = ""
-    kinds: tuple[str, ...] = ("image",)
-    shard_size: int = 1024
-    batch_size: int = 256
-
-
-def embed_dataset(request: EmbedRequest) -> dict[str, str]:
-    """Builds (or completes) the cache of each requested kind; returns {kind: cache folder}."""
-    from clip_ddpm.ddpm import builders
-    from clip_ddpm.ddpm.config import Config
-    from clip_ddpm.clip.embedding_cache import KINDS, cached_embeddings
-    from clip_ddpm.clip.sharded_encoder import ShardedCLIPEncoder
-
-    if not request.clip_model:
-        raise UserError("--clip_model is required")
-    unknown = [k for k in request.kinds if k not in KINDS]
-    if unknown or not request.kinds:
-        raise UserError(f"--kind must list some of {', '.join(KINDS)}, got {','.join(request.kinds) or 'nothing'}")
-    for name in ("shard_size", "batch_size"):
-        if getattr(request, name) < 1:
-            raise UserError(f"--{name} must be positive, got {getattr(request, name)}")
-    # The training flags that choose the data, so the cache is keyed exactly as training keys it.
-    data_config = Config(dataset=request.dataset, image_size=request.image_size, seed=request.seed,
-                         dataset_size=request.dataset_size, holdout_pairs=tuple(request.holdout_pairs),
-                         tfds_data_dir=request.tfds_data_dir)
-    dataset = builders.load_training_dataset(data_config, request.split)
-    encoder = ShardedCLIPEncoder.from_pretrained(request.clip_model, batch_size=request.batch_size)
-    folders = {}
-    for kind in dict.fromkeys(request.kinds):
-        vectors, folder = cached_embeddings(dataset, encoder, kind, request.cache_dir, request.split,
-                                            request.shard_size)
-        print(f"{kind} embeddings of {dataset.name}: float32 {vectors.shape}, L2-normalised, in {folder}")
-        folders[kind] = str(folder)
-    return folders
+from clip_ddpm.cli import run_command
 
 
 def main(argv: list[str]) -> None:
+    from clip_ddpm.clip.embedding_cache import EmbedRequest, embed_dataset
+
     f = flags.FLAGS
     request = EmbedRequest(
         clip_model=f.clip_model or "", dataset=f.dataset, split=f.split, image_size=f.image_size,

@@ -5,12 +5,9 @@ checkpoint and writes a PNG grid (one row per --guidance weight) plus an .npz of
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-
 from absl import app, flags
 
-from clip_ddpm.errors import UserError, run_command
+from clip_ddpm.cli import run_command
 
 flags.DEFINE_string("workdir", None, "Run directory written by clip_ddpm.train.")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
@@ -28,102 +25,9 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 flags.DEFINE_integer("scale", 2, "Enlarge the PNG by this factor for viewing.")
 
 
-@dataclasses.dataclass(frozen=True)
-class SampleRequest:
-    workdir: str
-    step: int | None = None
-    class_labels: tuple[str, ...] = ()
-    context_file: str = ""
-    prompts: tuple[str, ...] = ()
-    guidance: tuple[float, ...] = (0.0, 1.0, 2.0)
-    sampler: str = "ddpm"
-    sampling_steps: int = 50
-    eta: float = 0.0
-    num_samples: int = 1
-    seed: int = 0
-    output: str = ""
-    overwrite: bool = False
-    scale: int = 2
-
-
-def _free_path(path: str) -> str:
-    """`path`, or path with _1, _2, ... before the extension: never an existing file."""
-    stem, ext = os.path.splitext(path)
-    candidate, i = path, 0
-    while os.path.exists(candidate):
-        i += 1
-        candidate = f"{stem}_{i}{ext}"
-    return candidate
-
-
-def _output_paths(request: SampleRequest, step: int) -> tuple[str, str]:
-    if request.output:
-        png = request.output
-        if not png.lower().endswith(".png"):
-            raise UserError(f"--output must end in .png, got {png}")
-        npz = os.path.splitext(png)[0] + ".npz"
-        for path in (png, npz):
-            if os.path.exists(path) and not request.overwrite:
-                raise UserError(f"{path} exists; pass --overwrite to replace it or choose another --output")
-        return png, npz
-    png = _free_path(os.path.join(request.workdir, "samples", f"sample_step{step:07d}.png"))
-    return png, os.path.splitext(png)[0] + ".npz"
-
-
-def generate_samples(request: SampleRequest) -> dict:
-    """Draws the grid and writes it; returns {"png", "npz", "step", "shape", "columns"}."""
-    import jax
-    import numpy as np
-
-    from clip_ddpm.ddpm import builders
-    from clip_ddpm.ddpm import config as config_lib
-    from clip_ddpm.training import parallel
-    from clip_ddpm.training.checkpoints import Checkpoints, abstract_like
-    from clip_ddpm.evaluation.image_grid import save_grid
-    from clip_ddpm.ddpm.sample_contexts import contexts_for_request
-    from clip_ddpm.diffusion.grid import make_sampler, sample_grid
-    from clip_ddpm.training.train_state import create_train_state, make_optimizer
-    from clip_ddpm.training.workdir import flags_path, read_run_info
-
-    if not request.workdir:
-        raise UserError("--workdir is required")
-    if not os.path.isdir(request.workdir):
-        raise UserError(f"--workdir {request.workdir} does not exist")
-    if not request.guidance:
-        raise UserError("give at least one --guidance")
-    if request.num_samples < 1:
-        raise UserError(f"--num_samples must be positive, got {request.num_samples}")
-    parallel.configure_jax()
-    config = config_lib.read_flagfile(flags_path(request.workdir))
-    info = read_run_info(request.workdir)
-    contexts, titles = contexts_for_request(request, config, info)
-
-    checkpoints = Checkpoints(request.workdir, create=False)
-    model = builders.build_model(config, info.context_dim)
-    optimizer, _ = make_optimizer(config.learning_rate, config.num_steps, config.warmup_steps,
-                                  config.weight_decay, config.grad_clip)
-    abstract = jax.eval_shape(lambda: create_train_state(
-        builders.init_params(model, config, info.context_dim, jax.random.key(0)), optimizer))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    state = checkpoints.restore(abstract_like(abstract, device), request.step)
-    checkpoints.close()
-    step = int(state.step)
-    png, npz = _output_paths(request, step)
-
-    sampler = make_sampler(model, builders.build_schedule(config), (config.image_size, config.image_size, 3),
-                           request.sampler, request.sampling_steps, request.eta)
-    if request.sampler == "ddim" and not 1 <= request.sampling_steps <= config.timesteps:
-        raise UserError(f"--sampling_steps must be in [1, {config.timesteps}]")
-    images = sample_grid(sampler, state.ema_params, jax.random.key(request.seed), contexts,
-                         request.guidance, len(titles), request.num_samples)
-    save_grid(images, png, scale=request.scale)
-    np.savez(npz, images=images, guidance=np.asarray(request.guidance, np.float32),
-             columns=np.asarray(titles), step=step)
-    print(f"wrote {png} ({images.shape[0]} rows x {images.shape[1]} columns) and {npz}")
-    return {"png": png, "npz": npz, "step": step, "shape": images.shape, "columns": titles}
-
-
 def main(argv: list[str]) -> None:
+    from clip_ddpm.ddpm.sampling import SampleRequest, generate_samples
+
     f = flags.FLAGS
     request = SampleRequest(
         workdir=f.workdir or "", step=f.step, class_labels=tuple(f.class_label), context_file=f.context_file,

@@ -7,20 +7,19 @@ import shutil
 
 import numpy as np
 import pytest
+from clip_fixtures import make_tiny_clip
 from PIL import Image
 
-from clip_ddpm.ddpm import builders
-from clip_ddpm.clip.encoder import CLIPEncoder
-from clip_ddpm.ddpm.config import Config
 from clip_ddpm.clip import embedding_cache as embeddings
-from clip_ddpm.errors import UserError
-from clip_ddpm.ddpm.prompt_contexts import encode_prompts
-from clip_ddpm.sample import SampleRequest, generate_samples
-from clip_ddpm.ddpm.sample_contexts import contexts_for_request
-from clip_ddpm.clip.sharded_encoder import ShardedCLIPEncoder
+from clip_ddpm.clip.encoder import CLIPEncoder
+from clip_ddpm.ddpm import builders
+from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.sample_contexts import contexts_for_request, encode_prompts
+from clip_ddpm.ddpm.sampling import SampleRequest, generate_samples
 from clip_ddpm.ddpm.trainer import train_and_evaluate
+from clip_ddpm.errors import UserError
+from clip_ddpm.training.datasets import load_split
 from clip_ddpm.training.workdir import RunInfo, read_run_info
-from clip_fixtures import make_tiny_clip
 
 PROJECTION_DIM = 20
 PROMPTS = ("a red circle", "a small green triangle")
@@ -59,8 +58,8 @@ def test_clip_image_run_builds_the_cache_trains_and_samples_from_prompts(tmp_pat
     assert info.clip_weights_hash == CLIPEncoder.from_pretrained(clip_dir).weights_hash == manifest["weights_hash"]
 
     # The trainer's contexts are the cached image embeddings; a second start reads them, not CLIP.
-    dataset = builders.load_training_dataset(config)
-    monkeypatch.setattr(ShardedCLIPEncoder, "encode_images", lambda *a, **k: pytest.fail("cache not used"))
+    dataset = load_split(config)
+    monkeypatch.setattr(CLIPEncoder, "encode_images", lambda *a, **k: pytest.fail("cache not used"))
     source = builders.build_context_source(config, dataset)
     folder = next((tmp_path / "cache").glob("clip_cache/*/image"))
     assert source.dim == PROJECTION_DIM
@@ -88,7 +87,7 @@ def test_clip_image_run_builds_the_cache_trains_and_samples_from_prompts(tmp_pat
 
 def test_clip_text_contexts_are_the_cached_caption_embeddings(tmp_path, clip_dir):
     config = _config(tmp_path, clip_dir, "clip_text")
-    dataset = builders.load_training_dataset(config)
+    dataset = load_split(config)
     source = builders.build_context_source(config, dataset)
     manifest = _manifests(tmp_path / "cache")["text"]
     assert manifest["kind"] == "text" and manifest["count"] == 16 and manifest["dataset"] == dataset.name

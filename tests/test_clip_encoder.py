@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from clip_fixtures import CAPTIONS, make_tiny_clip
 
 from clip_ddpm.clip import weights as clip_weights
 from clip_ddpm.clip.encoder import CLIPEncoder
 from clip_ddpm.models.clip import CLIPError
-from clip_fixtures import CAPTIONS, make_tiny_clip
 
 TOL = 1e-5
 

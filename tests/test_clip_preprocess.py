@@ -9,7 +9,11 @@ import transformers
 from PIL import Image
 
 from clip_ddpm.clip.preprocess import (
-    OPENAI_CLIP_STD, CLIPPreprocessError, PreprocessConfig, preprocess_images, preprocess_images_jax,
+    OPENAI_CLIP_STD,
+    CLIPPreprocessError,
+    PreprocessConfig,
+    preprocess_images,
+    preprocess_images_jax,
 )
 
 # The PIL path repeats transformers' operations exactly; measured difference: 0.0 on every case.

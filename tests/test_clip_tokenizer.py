@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from clip_fixtures import CAPTIONS, make_tokenizer
 
 from clip_ddpm.clip.tokenizer import CLIPTokenizerError, tokenize, train_clip_tokenizer
-from clip_fixtures import CAPTIONS, make_tokenizer
 
 L = 16
 LONG = "a small green triangle next to a big yellow square above two purple stars and a red circle"

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from clip_ddpm.clip.train import trainer as clip_training
-from clip_ddpm.ddpm import config as config_lib
-from clip_ddpm.clip.train.step import contrastive_loss
 from clip_ddpm.clip.train.config import ClipTrainConfig
+from clip_ddpm.clip.train.step import contrastive_loss
+from clip_ddpm.ddpm.config import Config
 from clip_ddpm.errors import UserError
+from clip_ddpm.training.flags import read_flagfile
 from clip_ddpm.training.metric_writer import MetricWriter
 from clip_ddpm.training.workdir import write_flags
 
@@ -189,7 +190,7 @@ def test_bad_input_is_one_clear_error(tmp_path, trained):
         clip_training.train_clip_and_evaluate(tiny_config(workdir, learning_rate=1e-4))
     ddpm_run = tmp_path / "ddpm"
     ddpm_run.mkdir()
-    write_flags(config_lib.Config(workdir=str(ddpm_run)))
+    write_flags(Config(workdir=str(ddpm_run)))
     with pytest.raises(UserError, match="cannot read"):
         clip_training.train_clip_and_evaluate(tiny_config(ddpm_run))
     # An export directory that holds files is never overwritten by a fresh run ...
@@ -221,7 +222,7 @@ def test_command_line_reports_a_user_error_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", ["shapes_clip_cpu.cfg", "shapes_clip_gpu.cfg"])
 def test_experiment_configs_parse_and_validate(name):
-    config = config_lib.read_flagfile(os.path.join(REPO, "experiments", "configs", name), ClipTrainConfig)
+    config = read_flagfile(os.path.join(REPO, "experiments", "configs", name), ClipTrainConfig)
     config.validate()
     assert config != ClipTrainConfig(workdir=config.workdir)  # the file really set something
     assert config.workdir.startswith("runs/") and config.dataset == "shapes"

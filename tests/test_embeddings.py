@@ -9,16 +9,21 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
-from clip_ddpm.clip import weights as clip_weights
-from clip_ddpm.clip.encoder import CLIPEncoder
-from clip_ddpm.clip import embedding_cache as embeddings
-from clip_ddpm.data import load_dataset
-from clip_ddpm.clip.embedding_cache import EmbeddingCacheError, build_embeddings, load_embeddings
-from clip_ddpm.embed import EmbedRequest, embed_dataset
-from clip_ddpm.errors import UserError
-from clip_ddpm.clip.sharded_encoder import ShardedCLIPEncoder, padded_batch
 from clip_fixtures import make_tiny_clip
+
+from clip_ddpm.clip import embedding_cache as embeddings
+from clip_ddpm.clip import weights as clip_weights
+from clip_ddpm.clip.embedding_cache import (
+    EmbeddingCacheError,
+    EmbedRequest,
+    build_embeddings,
+    embed_dataset,
+    load_embeddings,
+)
+from clip_ddpm.clip.encoder import CLIPEncoder, padded_batch
+from clip_ddpm.data import load_dataset
+from clip_ddpm.errors import UserError
+from clip_ddpm.training import parallel
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,7 @@ def clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(clip_dir):
-    return ShardedCLIPEncoder.from_pretrained(clip_dir, batch_size=8)
+    return CLIPEncoder.from_pretrained(clip_dir, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +68,7 @@ def test_padded_batches_split_evenly_over_devices():
 
 def test_sharded_encode_equals_unsharded(clip_dir, encoder, shapes):
     assert jax.device_count() == 4 and encoder.num_devices == 4
-    plain = CLIPEncoder.from_pretrained(clip_dir, batch_size=8)
+    plain = CLIPEncoder.from_pretrained(clip_dir, batch_size=8, mesh=parallel.make_mesh(jax.devices()[:1]))
     # 10 images: a full batch of 8, then 2 padded to 4 (one row per device).
     np.testing.assert_allclose(encoder.encode_images(shapes.images), plain.encode_images(shapes.images),
                                rtol=0, atol=1e-5)

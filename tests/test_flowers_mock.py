@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-
-from clip_ddpm.ddpm.config import read_flagfile
-from clip_ddpm.ddpm.trainer import train_and_evaluate
-from clip_ddpm.training.workdir import read_run_info
 from clip_fixtures import make_tiny_clip
+
+from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.trainer import train_and_evaluate
+from clip_ddpm.training.flags import read_flagfile
+from clip_ddpm.training.workdir import read_run_info
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "flowers_gpu.cfg"
 COURSE_PROMPTS = ("A round white daisy with a yellow center", "An orange sunflower with a big brown center",
@@ -19,7 +20,7 @@ COURSE_PROMPTS = ("A round white daisy with a yellow center", "An orange sunflow
 
 
 def test_flagfile_reproduces_the_course_setup():
-    config = read_flagfile(str(CONFIG)).validate()
+    config = read_flagfile(str(CONFIG), Config).validate()
     assert (config.dataset, config.image_size, config.timesteps) == ("tfds:tf_flowers", 32, 400)
     assert config.batch_size == 128
     assert config.down_chs == (256, 256, 512) and config.dtype == "bfloat16"
@@ -34,7 +35,7 @@ def test_short_clip_image_run_on_mock_tf_flowers(tmp_path):
     # The same CLIP width and run shape as test_clip_conditioning: the session's compilation cache
     # then serves this run's programs.
     make_tiny_clip(clip_dir, projection_dim=20, seed=6)
-    course = read_flagfile(str(CONFIG))
+    course = read_flagfile(str(CONFIG), Config)
     config = dataclasses.replace(
         course, workdir=str(tmp_path / "run"), clip_model=str(clip_dir), clip_cache_dir=str(tmp_path / "cache"),
         image_size=16, down_chs=(32, 32, 64), dtype="float32", batch_size=8, num_steps=2, log_every=1,
@@ -50,5 +51,5 @@ def test_short_clip_image_run_on_mock_tf_flowers(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     assert manifest["dataset"].startswith("tfds-tf_flowers-") and manifest["dataset"].endswith("-train-16px")
     assert manifest["count"] == 16 and manifest["finished_shards"] == [0]
-    assert read_flagfile(str(Path(config.workdir) / "flags.txt")) == config
+    assert read_flagfile(str(Path(config.workdir) / "flags.txt"), Config) == config
     assert list((Path(config.workdir) / "samples").glob("step_*.png"))

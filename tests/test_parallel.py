@@ -6,10 +6,16 @@ import optax
 import pytest
 
 from clip_ddpm import diffusion
-from clip_ddpm.training import parallel
-from clip_ddpm.ddpm.step import StepConfig, draw_batch, jit_train_step, make_train_step, step_randomness
+from clip_ddpm.ddpm.step import (
+    StepConfig,
+    draw_batch,
+    jit_train_step,
+    make_train_step,
+    step_randomness,
+)
 from clip_ddpm.errors import UserError
 from clip_ddpm.models.unet import UNet
+from clip_ddpm.training import parallel
 from clip_ddpm.training.train_state import create_train_state
 
 

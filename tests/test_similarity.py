@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from clip_fixtures import make_tiny_clip
 from PIL import Image
 
-from clip_ddpm.evaluation import similarity_report
+from clip_ddpm.clip.similarity import SimilarityError, read_images, run_similarity
 from clip_ddpm.errors import UserError
-from clip_ddpm.similarity import SimilarityError, read_images, run_similarity
-from clip_fixtures import make_tiny_clip
+from clip_ddpm.evaluation import similarity_report
 
 TEXTS = ["a red circle on a blue background", "a photo of a cat sitting on a mat"]
 

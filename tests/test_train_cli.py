@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_ddpm.ddpm import config as config_lib
-from clip_ddpm.training.checkpoints import Checkpoints
-from clip_ddpm.errors import UserError
-from clip_ddpm.sample import SampleRequest, generate_samples
+from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.sampling import SampleRequest, generate_samples
 from clip_ddpm.ddpm.trainer import train_and_evaluate
+from clip_ddpm.errors import UserError
+from clip_ddpm.training.checkpoints import Checkpoints
+from clip_ddpm.training.flags import read_flagfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "experiments", "configs", "smoke.cfg")
 
 
-def smoke_config(workdir, **overrides) -> config_lib.Config:
-    config = config_lib.read_flagfile(SMOKE)
+def smoke_config(workdir, **overrides) -> Config:
+    config = read_flagfile(SMOKE, Config)
     return dataclasses.replace(config, workdir=str(workdir), **overrides)
 
 
@@ -48,7 +49,7 @@ def test_smoke_config_trains_end_to_end(smoke_run):
     grid = Image.open(workdir / "samples" / "step_0000006.png")
     # 2 guidance rows x 4 columns of 16px images, 2px padding, scaled 2x.
     assert grid.size == (2 * (4 * 18 + 2), 2 * (2 * 18 + 2))
-    saved = config_lib.read_flagfile(str(workdir / "flags.txt"))
+    saved = read_flagfile(str(workdir / "flags.txt"), Config)
     assert saved == smoke_config(workdir)
 
 

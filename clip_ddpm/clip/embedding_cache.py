@@ -194,7 +194,7 @@ def build_embeddings(dataset: ImageDataset, encoder, kind: str, directory: str |
                      split: str = "train", shard_size: int = DEFAULT_SHARD_SIZE) -> np.ndarray:
     """Embeds `dataset` (its images or captions) into `directory`, or completes what is there.
 
-    encoder: a CLIPEncoder (ShardedCLIPEncoder to use every device). Shards listed as finished
+    encoder: a CLIPEncoder (its batches split over its devices). Shards listed as finished
     in an existing manifest are kept (and the manifest's shard size with them); an existing
     manifest for other data, weights or preprocessing raises EmbeddingCacheError.
     Returns the whole float32 [N, D] array of unit-norm rows.
@@ -255,14 +255,58 @@ def clip_context_vectors(config, dataset: ImageDataset, split: str = "train",
     trained_weights_hash: the CLIP a resumed run was trained with; other weights at
     --clip_model are refused before any embedding is computed.
     """
-    from clip_ddpm.clip.sharded_encoder import ShardedCLIPEncoder
+    from clip_ddpm.clip.encoder import CLIPEncoder
     from clip_ddpm.training.workdir import check_same_clip
 
     kind = CONDITION_KINDS.get(config.condition)
     if kind is None:
         raise EmbeddingCacheError(f"--condition={config.condition} has no CLIP embeddings")
-    encoder = ShardedCLIPEncoder.from_pretrained(config.clip_model)
+    encoder = CLIPEncoder.from_pretrained(config.clip_model)
     check_same_clip(trained_weights_hash, config.clip_model, encoder.weights_hash)
     vectors, directory = cached_embeddings(dataset, encoder, kind, config.clip_cache_dir, split)
     logging.info("CLIP %s contexts of %s: %s from %s", kind, dataset.name, vectors.shape, directory)
     return as_contexts(vectors), encoder.weights_hash
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedRequest:
+    clip_model: str
+    dataset: str = "shapes"
+    split: str = "train"
+    image_size: int = 32
+    dataset_size: int = 0
+    seed: int = 0
+    holdout_pairs: tuple[str, ...] = ()
+    tfds_data_dir: str = ""
+    cache_dir: str = ""
+    kinds: tuple[str, ...] = ("image",)
+    shard_size: int = 1024
+    batch_size: int = 256
+
+
+def embed_dataset(request: EmbedRequest) -> dict[str, str]:
+    """Builds (or completes) the cache of each requested kind; returns {kind: cache folder}."""
+    from clip_ddpm.clip.encoder import CLIPEncoder
+    from clip_ddpm.training.datasets import load_split
+    from clip_ddpm.training.run_config import RunConfig
+
+    if not request.clip_model:
+        raise EmbeddingCacheError("--clip_model is required")
+    unknown = [k for k in request.kinds if k not in KINDS]
+    if unknown or not request.kinds:
+        raise EmbeddingCacheError(f"--kind must list some of {', '.join(KINDS)}, got {','.join(request.kinds) or 'nothing'}")
+    for name in ("shard_size", "batch_size"):
+        if getattr(request, name) < 1:
+            raise EmbeddingCacheError(f"--{name} must be positive, got {getattr(request, name)}")
+    # The training flags that choose the data, so the cache is keyed exactly as training keys it.
+    data_config = RunConfig(dataset=request.dataset, image_size=request.image_size, seed=request.seed,
+                            holdout_pairs=tuple(request.holdout_pairs), tfds_data_dir=request.tfds_data_dir)
+    dataset = load_split(data_config, request.split, num_images=request.dataset_size)
+    encoder = CLIPEncoder.from_pretrained(request.clip_model, batch_size=request.batch_size)
+    folders = {}
+    for kind in dict.fromkeys(request.kinds):
+        vectors, folder = cached_embeddings(dataset, encoder, kind, request.cache_dir, request.split,
+                                            request.shard_size)
+        print(f"{kind} embeddings of {dataset.name}: float32 {vectors.shape}, L2-normalised, in {folder}")
+        folders[kind] = str(folder)
+    return folders

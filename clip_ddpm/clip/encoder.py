@@ -1,12 +1,17 @@
-"""Captions, prompts and images -> L2-normalised CLIP embeddings, in fixed-size jitted batches.
+"""Captions, prompts and images -> CLIP embeddings, in jitted batches split over the devices.
 
-This is what the DDPM side uses to turn its conditioning sources into context vectors. Inputs
-are cut into batches whose shapes come from a small fixed set (powers of two up to
-``batch_size``), so a whole dataset is embedded with a couple of compilations and bounded memory.
-``name`` and ``weights_hash`` identify the model in embedding-cache manifests.
+This is what everything outside CLIP training uses to embed: the embedding cache, prompt
+contexts, the similarity tool and the evaluation of a trained CLIP. Parameters are placed on
+the devices once (replicated over a 1-D 'data' mesh, by default this process's devices) and every
+batch is split along 'data', so embedding a dataset is data-parallel with no communication but
+the final gather. Inputs are cut into batches whose sizes come from a small fixed set (powers of
+two up to ``batch_size``, rounded to the device count), so a whole dataset is embedded with a
+couple of compilations and bounded memory; the compiled programs are shared by every encoder of
+the same model. ``name`` and ``weights_hash`` identify the model in embedding-cache manifests.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -16,11 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.sharding import Mesh
 
 from clip_ddpm.clip import preprocess as clip_preprocess
 from clip_ddpm.clip.tokenizer import tokenize
 from clip_ddpm.clip.weights import load_clip, resolve_clip_directory
 from clip_ddpm.models.clip import CLIP, CLIPConfig, CLIPError, l2_normalize
+from clip_ddpm.training import parallel
 
 
 def params_sha256(params: Mapping[str, Any]) -> str:
@@ -38,49 +45,81 @@ def params_sha256(params: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _bucket(n: int, batch_size: int) -> int:
-    """The padded size of a batch of ``n``: the next power of two, at most ``batch_size``."""
-    return min(batch_size, 1 << max(0, (n - 1).bit_length()))
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def padded_batch(n: int, batch_size: int, num_devices: int = 1) -> int:
+    """The padded size of a batch of ``n``: the next power of two (at most ``batch_size``),
+    rounded up to a multiple of ``num_devices``. A few fixed shapes keep compilations few; the
+    rounding gives every device an equal slice."""
+    return _round_up(min(batch_size, 1 << max(0, (n - 1).bit_length())), num_devices)
+
+
+def map_in_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size: int,
+                   num_devices: int = 1) -> np.ndarray:
+    """``fn`` over the rows of row-aligned ``arrays``, in batches padded (by repeating the last
+    row) to the sizes of ``padded_batch``; the padding rows are dropped from the result."""
+    n = len(arrays[0])
+    size = _round_up(batch_size, num_devices)
+    out = []
+    for start in range(0, n, size):
+        parts = [np.asarray(a[start:start + size]) for a in arrays]
+        rows = len(parts[0])
+        pad = padded_batch(rows, size, num_devices) - rows
+        if pad:
+            parts = [np.concatenate([p, np.repeat(p[-1:], pad, axis=0)]) for p in parts]
+        out.append(np.asarray(fn(*parts))[:rows])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _text_embeddings(model: CLIP, normalize: bool, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    features = model.apply({"params": params}, ids, mask, method=CLIP.encode_text)
+    return l2_normalize(features) if normalize else features
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _image_embeddings(model: CLIP, normalize: bool, params: Any, pixels: jax.Array) -> jax.Array:
+    features = model.apply({"params": params}, pixels, method=CLIP.encode_image)
+    return l2_normalize(features) if normalize else features
 
 
 class CLIPEncoder:
-    """A CLIP model ready to embed texts and images on the default device.
+    """A CLIP model ready to embed texts and images on the devices of ``mesh``.
 
     Build it with ``CLIPEncoder.from_pretrained("openai/clip-vit-base-patch32")`` (or a checkpoint
     directory), or from an in-memory ``(config, params, tokenizer)``, e.g. a CLIP just trained.
+    ``batch_size`` is the global batch; it is rounded up to a multiple of the device count.
+    The ``encode_*`` methods give unit-norm embeddings; ``features=True`` gives the projections
+    as the model outputs them (their dot products are CLIP's unscaled logits).
     """
 
     def __init__(self, config: CLIPConfig, params: Mapping[str, Any], tokenizer=None, *,
                  name: str = "in-memory", preprocess: clip_preprocess.PreprocessConfig | None = None,
                  dtype: Any = jnp.float32, batch_size: int = 256, context_length: int | None = None,
-                 attention_implementation: str | None = None):
+                 attention_implementation: str | None = None, mesh: Mesh | None = None):
         if batch_size < 1:
             raise CLIPError(f"batch_size={batch_size}; it must be positive.")
         self.config = config
         self.tokenizer = tokenizer
         self.name = name
-        self.batch_size = batch_size
         self.weights_hash = params_sha256(params)
         self.preprocess = preprocess or clip_preprocess.PreprocessConfig.for_image_size(config.vision.image_size)
         if self.preprocess.crop_size != config.vision.image_size:
             raise CLIPError(f"preprocessing crops to {self.preprocess.crop_size} pixels but the model "
                             f"takes {config.vision.image_size}.")
         self.context_length = context_length or config.text.max_position_embeddings
-        self._params = jax.device_put(params)  # moved once, not on every call
-        module = CLIP(config, dtype=dtype, attention_implementation=attention_implementation)
-
-        def text_fn(p, ids, mask):
-            return l2_normalize(module.apply({"params": p}, ids, mask, method=CLIP.encode_text))
-
-        def image_fn(p, pixels):
-            return l2_normalize(module.apply({"params": p}, pixels, method=CLIP.encode_image))
-
-        self._text_fn = jax.jit(text_fn)
-        self._image_fn = jax.jit(image_fn)
+        self.mesh = mesh if mesh is not None else parallel.make_mesh(jax.local_devices())
+        self.num_devices = int(self.mesh.devices.size)
+        self.batch_size = _round_up(batch_size, self.num_devices)
+        self._model = CLIP(config, dtype=dtype, attention_implementation=attention_implementation)
+        self._params = jax.device_put(params, parallel.replicated(self.mesh))  # placed once, here
+        self._batch_sharding = parallel.data_sharded(self.mesh)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, **kwargs: Any) -> CLIPEncoder:
-        """Loads a hub id or checkpoint directory (see ``clip_weights.load_clip``)."""
+        """Loads a hub id or checkpoint directory (see ``clip.weights.load_clip``)."""
         directory = resolve_clip_directory(name_or_dir)
         config, params, tokenizer = load_clip(directory)
         kwargs.setdefault("preprocess", clip_preprocess.PreprocessConfig.load(directory, config.vision.image_size))
@@ -91,46 +130,40 @@ class CLIPEncoder:
     def embedding_dim(self) -> int:
         return self.config.projection_dim
 
-    def _batched(self, n: int, batch_size: int | None, run: Callable[[int, int, int], np.ndarray]) -> np.ndarray:
-        size = batch_size or self.batch_size
-        out = np.empty((n, self.embedding_dim), np.float32)
-        for start in range(0, n, size):
-            stop = min(n, start + size)
-            out[start:stop] = run(start, stop, _bucket(stop - start, size))[: stop - start]
-        return out
+    def _shard(self, x: np.ndarray) -> jax.Array:
+        return jax.device_put(x, self._batch_sharding)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """float32 [len(texts), projection_dim], unit norm. Over-long prompts are cut, with a warning."""
+    def _in_batches(self, fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size: int | None) -> np.ndarray:
+        out = map_in_batches(fn, arrays, batch_size or self.batch_size, self.num_devices)
+        return out.reshape(len(arrays[0]), self.embedding_dim).astype(np.float32)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int | None = None, features: bool = False) -> np.ndarray:
+        """float32 [len(texts), projection_dim]. Over-long prompts are cut, with a warning."""
         if self.tokenizer is None:
             raise CLIPError(f"CLIP model {self.name!r} has no tokenizer, so it cannot encode text.")
         ids, mask = tokenize(self.tokenizer, texts, self.context_length)
+        run = lambda i, m: _text_embeddings(self._model, not features, self._params,  # noqa: E731
+                                            self._shard(i), self._shard(m))
+        return self._in_batches(run, [ids, mask], batch_size)
 
-        def run(start: int, stop: int, padded: int) -> np.ndarray:
-            pad = ((0, padded - (stop - start)), (0, 0))
-            b_ids = np.pad(ids[start:stop], pad, mode="edge")
-            b_mask = np.pad(mask[start:stop], pad, mode="edge")
-            return np.asarray(self._text_fn(self._params, b_ids, b_mask))
-
-        return self._batched(len(ids), batch_size, run)
-
-    def encode_images(self, images: Any, batch_size: int | None = None) -> np.ndarray:
-        """uint8 images ([N, H, W, 3] array or a list of any sizes) -> float32 [N, projection_dim], unit norm."""
+    def encode_images(self, images: Any, batch_size: int | None = None, features: bool = False) -> np.ndarray:
+        """uint8 images ([N, H, W, 3] array or a list of any sizes) -> float32 [N, projection_dim],
+        preprocessed exactly as transformers' CLIPImageProcessor does."""
         items = clip_preprocess.as_image_list(images)
-
-        def run(start: int, stop: int, padded: int) -> np.ndarray:
-            pixels = clip_preprocess.preprocess_images(items[start:stop], self.preprocess)
-            pixels = np.pad(pixels, ((0, padded - len(pixels)), (0, 0), (0, 0), (0, 0)), mode="edge")
-            return np.asarray(self._image_fn(self._params, pixels))
-
-        return self._batched(len(items), batch_size, run)
+        index = np.arange(len(items))
+        run = lambda rows: _image_embeddings(  # noqa: E731
+            self._model, not features, self._params,
+            self._shard(clip_preprocess.preprocess_images([items[i] for i in rows], self.preprocess)))
+        return self._in_batches(run, [index], batch_size)
 
     def encode_pixel_values(self, pixel_values: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Like ``encode_images`` for already preprocessed NHWC float32 pixel values."""
-        pixel_values = np.asarray(pixel_values, np.float32)
+        run = lambda pixels: _image_embeddings(self._model, True, self._params, self._shard(pixels))  # noqa: E731
+        return self._in_batches(run, [np.asarray(pixel_values, np.float32)], batch_size)
 
-        def run(start: int, stop: int, padded: int) -> np.ndarray:
-            pixels = np.pad(pixel_values[start:stop], ((0, padded - (stop - start)), (0, 0), (0, 0), (0, 0)),
-                            mode="edge")
-            return np.asarray(self._image_fn(self._params, pixels))
-
-        return self._batched(len(pixel_values), batch_size, run)
+    def embed_pixels(self, pixel_values: Any) -> jax.Array:
+        """One batch of preprocessed NHWC pixel values -> unit-norm embeddings left on the devices,
+        sharded along 'data' (the batch must split evenly over the devices)."""
+        if len(pixel_values) % self.num_devices:
+            raise ValueError(f"a batch of {len(pixel_values)} does not split over {self.num_devices} devices")
+        return _image_embeddings(self._model, True, self._params, self._shard(pixel_values))

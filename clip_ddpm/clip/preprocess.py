@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from clip_ddpm.data.resize import to_rgb
 from clip_ddpm.errors import UserError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -111,7 +112,7 @@ def _resized_hw(height: int, width: int, shortest: int) -> tuple[int, int]:
 
 
 def _to_rgb_pil(image: Any) -> Image.Image:
-    """A PIL RGB image; transparency is composited onto white, as transformers does."""
+    """A PIL RGB image from an array or a PIL image (transparency composited onto white)."""
     if not isinstance(image, Image.Image):
         arr = np.asarray(image)
         if arr.dtype != np.uint8:
@@ -123,10 +124,7 @@ def _to_rgb_pil(image: Any) -> Image.Image:
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
             raise CLIPPreprocessError(f"an image must be [H, W], [H, W, 1|3|4]; got shape {arr.shape}.")
         image = Image.fromarray(arr)
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 def _center_crop(arr: np.ndarray, size: int) -> np.ndarray:

@@ -33,11 +33,18 @@ class CLIPTokenizerError(UserError, ValueError):
     """Bad input to tokenisation or tokenizer training."""
 
 
+def import_transformers():
+    """transformers, imported only where a tokenizer is really needed (it is heavy), without its
+    "PyTorch was not found" advice: the project uses its tokenizers and configs, never its models."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import transformers
+
+    return transformers
+
+
 def load_tokenizer(directory: str | os.PathLike):
     """The ``CLIPTokenizerFast`` saved in ``directory`` (tokenizer.json or vocab.json + merges.txt)."""
-    import transformers  # heavy; only where a tokenizer is really needed
-
-    return transformers.CLIPTokenizerFast.from_pretrained(str(directory))
+    return import_transformers().CLIPTokenizerFast.from_pretrained(str(directory))
 
 
 def has_tokenizer_files(directory: str | os.PathLike) -> bool:
@@ -88,7 +95,14 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int, directory: str |
     merges than ``vocab_size`` asks for; the returned tokenizer's ``len()`` is the real size.
     Returns the tokenizer as ``load_tokenizer`` reads it back.
     """
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     alphabet = _byte_alphabet()
     base = 2 * len(alphabet) + 2
@@ -137,8 +151,6 @@ def train_clip_tokenizer(texts: Iterable[str], vocab_size: int, directory: str |
 
 
 def _tokenizer_from_files(directory: str, context_length: int):
-    import transformers
-
-    return transformers.CLIPTokenizerFast.from_pretrained(
+    return import_transformers().CLIPTokenizerFast.from_pretrained(
         directory, model_max_length=context_length, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
         pad_token=EOS_TOKEN, unk_token=EOS_TOKEN)

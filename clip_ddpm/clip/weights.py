@@ -19,7 +19,12 @@ from absl import logging
 from flax import traverse_util
 
 from clip_ddpm.clip import preprocess as clip_preprocess
-from clip_ddpm.clip.tokenizer import TOKENIZER_FILES, has_tokenizer_files, load_tokenizer, tokenize
+from clip_ddpm.clip.tokenizer import (
+    TOKENIZER_FILES,
+    has_tokenizer_files,
+    load_tokenizer,
+    tokenize,
+)
 from clip_ddpm.errors import UserError
 from clip_ddpm.models.clip import CLIPConfig, CLIPError, clip_param_shapes
 

@@ -11,10 +11,11 @@ from PIL import Image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB version of `image`; transparent parts become white rather than arbitrary colours."""
+    """RGB version of `image`; transparent parts are composited onto white (as transformers'
+    CLIPImageProcessor does) rather than taking arbitrary colours."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from clip_ddpm import diffusion
+from clip_ddpm.data import ImageDataset
 from clip_ddpm.ddpm.config import Config
 from clip_ddpm.ddpm.contexts import ContextSource, context_source_for
-from clip_ddpm.data import ImageDataset, load_dataset
 from clip_ddpm.models.layers import resolve_conv_impl
 from clip_ddpm.models.unet import UNet
 
@@ -24,20 +24,6 @@ def build_model(config: Config, context_dim: int) -> UNet:
 
 def build_schedule(config: Config) -> diffusion.Schedule:
     return diffusion.make_schedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
-
-
-def load_training_dataset(config: Config, split: str = "train") -> ImageDataset:
-    """This process's slice of the training images."""
-    options = {}
-    if config.dataset == "shapes":
-        if config.dataset_size:
-            options["num_images"] = config.dataset_size
-        if config.holdout_pairs:
-            options["holdout_pairs"] = tuple(config.holdout_pairs)
-    elif config.dataset.startswith("tfds:") and config.tfds_data_dir:
-        options["data_dir"] = config.tfds_data_dir
-    return load_dataset(config.dataset, split=split, image_size=config.image_size, seed=config.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count(), **options)
 
 
 def build_context_source(config: Config, dataset: ImageDataset, trained_clip_hash: str = "") -> ContextSource:

@@ -16,8 +16,8 @@ import os
 import jax
 import numpy as np
 
-from clip_ddpm.diffusion.conditioning import one_hot_context
 from clip_ddpm.data import ImageDataset
+from clip_ddpm.diffusion.conditioning import one_hot_context
 from clip_ddpm.errors import UserError
 
 

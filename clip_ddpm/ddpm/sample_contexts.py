@@ -1,12 +1,23 @@
-"""The grid columns a sampling request asks for, as context vectors the run's U-Net accepts."""
+"""The grid columns a sampling request asks for, as context vectors the run's U-Net accepts.
+
+Class labels become one-hot vectors, a context file is read as is, and text prompts go through
+the very CLIP named in the run's flags.txt, normalised exactly as the training contexts were
+(`embedding_cache.as_contexts`). That last path is what lets a run trained on CLIP *image*
+embeddings (--condition=clip_image), which never saw a caption, be sampled from text: CLIP puts
+a caption and a matching picture close together in one space.
+"""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
+from clip_ddpm.clip.embedding_cache import as_contexts
+from clip_ddpm.clip.encoder import CLIPEncoder
 from clip_ddpm.ddpm.config import Config
 from clip_ddpm.ddpm.contexts import read_context_array
 from clip_ddpm.errors import UserError
-from clip_ddpm.training.workdir import RunInfo
+from clip_ddpm.training.workdir import RunInfo, check_same_clip
 
 
 def _class_index(label: str, class_names: tuple[str, ...]) -> int:
@@ -37,7 +48,6 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
     if request.prompts:
         if info.condition not in ("clip_image", "clip_text"):
             raise UserError(f"--prompt needs a CLIP-conditioned run; this one is --condition={info.condition}")
-        from clip_ddpm.ddpm.prompt_contexts import encode_prompts
         vectors = encode_prompts(config, list(request.prompts), info.clip_weights_hash)
         if vectors.shape[1] != info.context_dim:
             raise UserError(f"--clip_model {config.clip_model} gives {vectors.shape[1]}-wide embeddings but this "
@@ -57,3 +67,21 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
         raise UserError(f"--class_label needs a class-conditioned run; this one is --condition={info.condition}")
     raise UserError(f"this run (--condition={info.condition}) needs --context_file"
                     + (" or --prompt" if info.condition.startswith("clip") else ""))
+
+
+def encode_prompts(config, prompts: Sequence[str], trained_weights_hash: str = "") -> np.ndarray:
+    """float32 [len(prompts), projection_dim]: the prompts as contexts of the run `config` describes.
+
+    trained_weights_hash: the run's record of its CLIP (run_info.json); a CLIP with other weights
+    at the same --clip_model is refused.
+    """
+    prompts = [str(p) for p in prompts]
+    if not prompts or not all(p.strip() for p in prompts):
+        raise UserError("--prompt needs non-empty text")
+    if not config.clip_model:
+        raise UserError(f"this run (--condition={config.condition}) names no --clip_model to encode prompts with")
+    encoder = CLIPEncoder.from_pretrained(config.clip_model)
+    check_same_clip(trained_weights_hash, config.clip_model, encoder.weights_hash)
+    if encoder.tokenizer is None:
+        raise UserError(f"CLIP model {config.clip_model!r} has no tokenizer files, so it cannot encode --prompt")
+    return as_contexts(encoder.encode_texts(prompts))

@@ -2,8 +2,8 @@
 
 `train_step(state, batch, key) -> (state, metrics)`: timesteps, noise and context-drop masks
 are drawn at the global batch shape from fold_in(key, step), sharded along 'data'.
-`draw_batch(data, key, step)` picks a batch from a dataset that lives on the devices, in a
-per-epoch random order, so the training loop never waits on the host.
+`make_data_train_step` puts batch drawing (`training.batches.draw_batch`) and the step in one
+program, so the training loop never waits on the host.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from clip_ddpm import diffusion
 from clip_ddpm.diffusion import conditioning
+from clip_ddpm.training.batches import draw_batch
 from clip_ddpm.training.parallel import data_sharded, replicated
 from clip_ddpm.training.train_state import TrainState, apply_gradients, tree_l2_norm
 
@@ -88,29 +89,6 @@ def jit_train_step(train_step: Callable, mesh: Mesh) -> Callable:
                    in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)),
                    donate_argnums=(0,))
-
-
-def draw_batch(data: Batch, key: jax.Array, step: jax.Array, batch_size: int,
-               random_flip: bool = False) -> Batch:
-    """Batch number `step` of a dataset held on the devices.
-
-    Examples are visited in a fresh random order each epoch (the remainder of an epoch is
-    dropped), so every image is seen once per epoch and the order depends only on key and step.
-    data["image"] is uint8 [N, H, W, 3]; other entries are aligned per-example arrays.
-    """
-    n = data["image"].shape[0]
-    steps_per_epoch = n // batch_size
-    epoch, within = step // steps_per_epoch, step % steps_per_epoch
-    order_key, flip_key = jax.random.split(key)
-    order = jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
-    index = jax.lax.dynamic_slice(order, (within * batch_size,), (batch_size,))
-    batch = {name: jnp.take(values, index, axis=0) for name, values in data.items()}
-    image = batch["image"].astype(jnp.float32) / 127.5 - 1.0
-    if random_flip:
-        flip = jax.random.bernoulli(jax.random.fold_in(flip_key, step), 0.5, (batch_size,))
-        image = jnp.where(flip[:, None, None, None], image[:, :, ::-1, :], image)
-    batch["image"] = image
-    return batch
 
 
 def make_data_train_step(train_step: Callable, batch_size: int, random_flip: bool, mesh: Mesh,

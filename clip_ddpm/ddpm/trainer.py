@@ -1,34 +1,31 @@
 """The DDPM training loop: data on device, one jitted step, checkpoints, logs, sample grids."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
 from absl import logging
 
 from clip_ddpm.ddpm import builders
-from clip_ddpm.training import parallel
-from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.ddpm.config import Config
 from clip_ddpm.ddpm.step import StepConfig, make_data_train_step, make_train_step
+from clip_ddpm.diffusion.grid import make_sampler, sample_grid
 from clip_ddpm.errors import UserError
 from clip_ddpm.evaluation.image_grid import save_grid
-from clip_ddpm.training.loop import LoopSettings, run_loop
-from clip_ddpm.training.metric_writer import MetricWriter
 from clip_ddpm.models.unet import count_params
-from clip_ddpm.diffusion.grid import make_sampler, sample_grid
+from clip_ddpm.training import parallel
+from clip_ddpm.training.checkpoints import Checkpoints
+from clip_ddpm.training.datasets import load_split
+from clip_ddpm.training.loop import LoopSettings, TrainResult, run_loop
+from clip_ddpm.training.metric_writer import MetricWriter
 from clip_ddpm.training.train_state import create_train_state, make_optimizer
-from clip_ddpm.training.workdir import RunInfo, recorded_clip_hash, start_run, write_flags, write_run_info
-
-
-@dataclasses.dataclass
-class TrainResult:
-    step: int
-    metrics: dict[str, float]
-    images_per_second: float
-    num_params: int
-    preempted: bool = False
+from clip_ddpm.training.workdir import (
+    RunInfo,
+    recorded_clip_hash,
+    start_run,
+    write_flags,
+    write_run_info,
+)
 
 
 def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResult:
@@ -39,7 +36,7 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     """
     mesh, is_chief, resumed = start_run(config)
 
-    dataset = builders.load_training_dataset(config)
+    dataset = load_split(config, "train")
     parallel.check_dataset_fits_batch(len(dataset), config.batch_size)
     if dataset.image_size != config.image_size:
         raise UserError(f"dataset images are {dataset.image_size}px, --image_size is {config.image_size}")

@@ -6,8 +6,16 @@ package holds state or knows of optimisers, runs or CLIP loading. Context handli
 """
 from clip_ddpm.diffusion.forward import eps_loss, q_sample
 from clip_ddpm.diffusion.samplers import (
-    SAMPLERS, EpsFn, ddim_step, ddpm_posterior_mean, ddpm_step, guided_eps, guided_prediction, sample,
-    sampling_timesteps)
+    SAMPLERS,
+    EpsFn,
+    ddim_step,
+    ddpm_posterior_mean,
+    ddpm_step,
+    guided_eps,
+    guided_prediction,
+    sample,
+    sampling_timesteps,
+)
 from clip_ddpm.diffusion.schedules import SCHEDULES, Schedule, make_schedule
 
 __all__ = ["SAMPLERS", "SCHEDULES", "EpsFn", "Schedule", "ddim_step", "ddpm_posterior_mean", "ddpm_step",

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_ddpm.diffusion import samplers, schedules
 from clip_ddpm.data.dataset import to_uint8
+from clip_ddpm.diffusion import samplers, schedules
 
 
 def make_sampler(model: nn.Module, schedule: schedules.Schedule, image_shape: tuple[int, int, int],

@@ -23,7 +23,12 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from clip_ddpm.models.clip_config import (  # noqa: F401  (re-exported: the model's public API)
-    ACTIVATION_NAMES, LEGACY_EOS_TOKEN_ID, CLIPConfig, CLIPError, CLIPTextConfig, CLIPVisionConfig,
+    ACTIVATION_NAMES,
+    LEGACY_EOS_TOKEN_ID,
+    CLIPConfig,
+    CLIPError,
+    CLIPTextConfig,
+    CLIPVisionConfig,
 )
 
 

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.errors import UserError
+from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.training.metric_writer import MetricWriter
 
 
@@ -31,6 +31,17 @@ class LoopSettings:
     checkpoint_every: int
     sample_every: int = 0
     stop_at: int | None = None  # stop as if preempted once this step is reached
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a trainer returns: where it stopped, the last logged metrics and its speed."""
+
+    step: int
+    metrics: dict[str, float]
+    images_per_second: float
+    num_params: int
+    preempted: bool = False
 
 
 @dataclasses.dataclass

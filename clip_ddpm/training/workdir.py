@@ -6,12 +6,12 @@ import json
 import os
 from typing import Any
 
-from clip_ddpm.ddpm import config as config_lib
 from clip_ddpm.errors import UserError
+from clip_ddpm.training import flags as flag_lib
 
 
 def flags_path(workdir: str) -> str:
-    return os.path.join(workdir, config_lib.FLAGS_FILENAME)
+    return os.path.join(workdir, flag_lib.FLAGS_FILENAME)
 
 
 def ensure_writable_directory(path: str, flag: str) -> None:
@@ -26,7 +26,7 @@ def ensure_writable_directory(path: str, flag: str) -> None:
         raise UserError(f"{flag} {path} is not writable")
 
 
-def check_workdir(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_FIELDS) -> bool:
+def check_workdir(config: Any) -> bool:
     """Makes sure the workdir can be written and, if it holds a run, that this is the same run.
 
     Returns True when an earlier run's flags.txt is there (the run resumes).
@@ -37,8 +37,8 @@ def check_workdir(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_
     path = flags_path(workdir)
     if not os.path.exists(path):
         return False
-    saved = config_lib.read_flagfile(path, type(config))
-    conflicts = config_lib.resume_conflicts(saved, config, resumable)
+    saved = flag_lib.read_flagfile(path, type(config))
+    conflicts = flag_lib.resume_conflicts(saved, config)
     if conflicts:
         shown = "; ".join(conflicts[:3]) + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
         raise UserError(f"--workdir {workdir} holds a run with different settings ({shown}); "
@@ -46,7 +46,7 @@ def check_workdir(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_
     return True
 
 
-def start_run(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_FIELDS):
+def start_run(config: Any):
     """What every trainer does first, before it loads data or writes a file: validate the flags,
     join a multi-host job, build the mesh, check the batch split and the workdir.
 
@@ -61,7 +61,7 @@ def start_run(config: Any, resumable: frozenset[str] = config_lib.RESUMABLE_FIEL
     parallel.configure_jax()
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    resumed = check_workdir(config, resumable)
+    resumed = check_workdir(config)
     return mesh, jax.process_index() == 0, resumed
 
 
@@ -70,7 +70,7 @@ def write_flags(config: Any) -> None:
     path = flags_path(config.workdir)
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(config_lib.to_flagfile_text(config))
+        handle.write(flag_lib.to_flagfile_text(config))
     os.replace(temporary, path)
 
 

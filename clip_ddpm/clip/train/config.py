@@ -1,45 +1,37 @@
-"""The contrastive CLIP run configuration: one dataclass whose fields are the CLI's flags.
+"""The contrastive CLIP run configuration: the shared run fields plus tokenizer, towers and export.
 
-It shares the DDPM trainer's flag machinery (`config.define_flags`, `from_flags`, flagfiles),
-so `train_clip` writes `workdir/flags.txt` and a resumed run is checked against it the same way.
+It uses the same flag machinery as the DDPM trainer (`training.flags`), so `train_clip` writes
+`workdir/flags.txt` and a resumed run is checked against it the same way. Importing it loads no
+numerical library, so the command line parses its flags before anything heavy is imported.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import ClassVar
 
-from clip_ddpm.clip.train.step import MAX_LOGIT_SCALE
-from clip_ddpm.ddpm.config import DTYPES, field
 from clip_ddpm.errors import UserError
+from clip_ddpm.training.flags import field, new_default
+from clip_ddpm.training.run_config import RunConfig
 
 EXPORT_DIRNAME = "clip"
 ATTENTION_INITS = ("openai", "mimetic")
 POSITION_INITS = ("openai", "sincos")
 MIN_VOCAB_SIZE = 2 * 256 + 2  # a CLIP byte-level vocabulary: 256 bytes, with and without </w>, 2 specials
+# CLIP clips its temperature at 100 so the logits cannot blow up and destabilise training.
+MAX_LOGIT_SCALE = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipTrainConfig:
+class ClipTrainConfig(RunConfig):
     """Everything that defines a contrastive CLIP training run."""
 
-    # Run.
-    workdir: str = field("", "Directory for flags.txt, tokenizer, checkpoints, logs and eval.json (required).")
-    seed: int = field(0, "Base random seed: parameters, data order and augmentation derive from it.")
-    num_steps: int = field(2000, "Total training steps (a resumed run continues up to this).")
-    batch_size: int = field(256, "Global batch of image-caption pairs, split over all devices.")
-    log_every: int = field(50, "Steps between logged scalars.")
-    checkpoint_every: int = field(500, "Steps between checkpoints (one is always saved at the end).")
-    keep_checkpoints: int = field(3, "How many checkpoints to keep.")
-    distributed: bool = field(False, "Call jax.distributed.initialize() for a multi-host run.")
+    num_steps: int = new_default(RunConfig, "num_steps", 2000)
+    batch_size: int = new_default(RunConfig, "batch_size", 256)
+    learning_rate: float = new_default(RunConfig, "learning_rate", 5e-4)
+    weight_decay: float = new_default(RunConfig, "weight_decay", 0.1)
 
-    # Data.
-    dataset: str = field("shapes", "Captioned images: shapes | tfds:NAME | folder:PATH.")
-    image_size: int = field(32, "Image side in pixels, also the vision tower's input size.")
-    dataset_size: int = field(0, "Training images of a procedural source (0: its default).")
     eval_size: int = field(0, "Test images of a procedural source for the evaluation (0: its default).")
-    holdout_pairs: tuple[str, ...] = field((), "Shapes classes ('red circle') kept out of training and test.")
-    tfds_data_dir: str = field("", "tensorflow-datasets data directory (empty: the tfds default).")
-    random_flip: bool = field(False, "Random horizontal flips (every shapes caption stays true).")
     random_shift: int = field(0, "Random translations of up to this many pixels (0: none).")
 
     # Tokenizer.
@@ -64,18 +56,12 @@ class ClipTrainConfig:
     projection_dim: int = field(128, "Width of the shared image-text embedding space.")
     init_temperature: float = field(0.07, "Softmax temperature at the start (CLIP's 0.07); it is learnt, "
                                     "down to 0.01. A lower start weights the hardest negatives more.")
-    dtype: str = field("float32", "Compute dtype (parameters stay float32).", DTYPES)
-
-    # Optimiser.
-    learning_rate: float = field(5e-4, "Peak AdamW learning rate.")
-    warmup_steps: int = field(100, "Linear warm-up steps before the cosine decay.")
-    weight_decay: float = field(0.1, "AdamW weight decay on weight matrices (not biases, norms, temperature).")
-    grad_clip: float = field(1.0, "Global gradient-norm clip (0: none).")
-    ema_decay: float = field(0.999, "Decay of the exponential moving average of parameters.")
 
     # Evaluation and export.
     eval_batch_size: int = field(256, "Images or texts per evaluation batch.")
     export_dir: str = field("", "Where the trained model is saved for transformers (empty: workdir/clip).")
+
+    RESUMABLE_FIELDS: ClassVar[frozenset[str]] = RunConfig.RESUMABLE_FIELDS | {"eval_batch_size"}
 
     @property
     def export_path(self) -> str:
@@ -83,15 +69,13 @@ class ClipTrainConfig:
 
     def validate(self) -> "ClipTrainConfig":
         """Raises UserError naming the first flag whose value cannot work."""
-        if not self.workdir:
-            raise UserError("--workdir is required")
-        for name in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "image_size", "patch_size", "vision_width", "vision_layers", "vision_heads",
+        self.validate_run()
+        for name in ("patch_size", "vision_width", "vision_layers", "vision_heads",
                      "text_width", "text_layers", "text_heads", "mlp_ratio", "projection_dim",
                      "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("dataset_size", "eval_size", "random_shift", "warmup_steps", "weight_decay", "grad_clip"):
+        for name in ("eval_size", "random_shift"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must not be negative, got {getattr(self, name)}")
         if self.image_size % self.patch_size:
@@ -110,16 +94,4 @@ class ClipTrainConfig:
             raise UserError(f"--context_length must be at least 3, got {self.context_length}")
         if not 1.0 / MAX_LOGIT_SCALE <= self.init_temperature <= 1.0:
             raise UserError(f"--init_temperature must be in [{1.0 / MAX_LOGIT_SCALE}, 1], got {self.init_temperature}")
-        if self.learning_rate <= 0:
-            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise UserError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
         return self
-
-
-# Fields that may differ when resuming: they change how long or how verbosely the run goes,
-# or how it is evaluated, never what the trained parameters are.
-RESUMABLE_FIELDS = frozenset({
-    "workdir", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "distributed",
-    "eval_batch_size",
-})

@@ -20,17 +20,19 @@ import optax
 from jax.sharding import Mesh
 
 from clip_ddpm.clip.preprocess import PreprocessConfig, preprocess_images_jax
-from clip_ddpm.ddpm.step import draw_batch
+from clip_ddpm.clip.train.config import MAX_LOGIT_SCALE
 from clip_ddpm.models.clip import CLIP, CLIPConfig, l2_normalize
+from clip_ddpm.training.batches import draw_batch
 from clip_ddpm.training.parallel import data_sharded, replicated
-from clip_ddpm.training.train_state import TrainState, apply_gradients, make_optimizer, tree_l2_norm
+from clip_ddpm.training.train_state import (
+    TrainState,
+    apply_gradients,
+    make_optimizer,
+    tree_l2_norm,
+)
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-# CLIP clips its temperature at 100 so the logits cannot blow up and destabilise training.
-MAX_LOGIT_SCALE = 100.0
-
 
 def clipped_scale(logit_scale: jax.Array, max_scale: float = MAX_LOGIT_SCALE) -> jax.Array:
     """exp(logit_scale), at most `max_scale`; no gradient flows once the cap is reached."""

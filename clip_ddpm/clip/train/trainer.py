@@ -20,22 +20,32 @@ import jax
 import numpy as np
 from absl import logging
 
+from clip_ddpm.clip.encoder import CLIPEncoder
+from clip_ddpm.clip.preprocess import PreprocessConfig
+from clip_ddpm.clip.tokenizer import (
+    has_tokenizer_files,
+    load_tokenizer,
+    tokenize,
+    train_clip_tokenizer,
+)
+from clip_ddpm.clip.train.config import MAX_LOGIT_SCALE, ClipTrainConfig
+from clip_ddpm.clip.train.evaluation import evaluate_clip, format_table
+from clip_ddpm.clip.train.init import mimetic_vision_attention, sincos_vision_positions
+from clip_ddpm.clip.train.step import ClipStepSpec, make_clip_train_step
+from clip_ddpm.clip.weights import save_clip
+from clip_ddpm.errors import UserError
+from clip_ddpm.models.clip import (
+    CLIPConfig,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    init_clip_params,
+)
 from clip_ddpm.training import parallel
 from clip_ddpm.training.checkpoints import Checkpoints
-from clip_ddpm.clip.train.evaluation import Embedder, evaluate_clip, format_table
-from clip_ddpm.clip.train.init import mimetic_vision_attention, sincos_vision_positions
-from clip_ddpm.clip.preprocess import PreprocessConfig
-from clip_ddpm.clip.train.step import MAX_LOGIT_SCALE, ClipStepSpec, make_clip_train_step
-from clip_ddpm.clip.tokenizer import has_tokenizer_files, load_tokenizer, tokenize, train_clip_tokenizer
-from clip_ddpm.clip.train.config import RESUMABLE_FIELDS, ClipTrainConfig
-from clip_ddpm.clip.weights import save_clip
-from clip_ddpm.data import ImageDataset, load_dataset
-from clip_ddpm.errors import UserError
-from clip_ddpm.training.loop import LoopSettings, run_loop
+from clip_ddpm.training.datasets import load_split
+from clip_ddpm.training.loop import LoopSettings, TrainResult, run_loop
 from clip_ddpm.training.metric_writer import MetricWriter
-from clip_ddpm.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, init_clip_params
 from clip_ddpm.training.train_state import create_train_state
-from clip_ddpm.ddpm.trainer import TrainResult
 from clip_ddpm.training.workdir import ensure_writable_directory, start_run, write_flags
 
 __all__ = ["ClipTrainConfig", "ClipTrainResult", "train_clip_and_evaluate", "build_clip_config"]
@@ -79,22 +89,6 @@ def init_params(config: ClipTrainConfig, clip_config: CLIPConfig, key: jax.Array
         params = mimetic_vision_attention(params, config.vision_width, config.vision_heads,
                                           jax.random.fold_in(key, 1))
     return params
-
-
-def _load(config: ClipTrainConfig, split: str, whole: bool = False) -> ImageDataset:
-    """The split as this process holds it (`whole`: every example, for evaluation)."""
-    options: dict[str, Any] = {}
-    if config.dataset == "shapes":
-        size = config.dataset_size if split == "train" else config.eval_size
-        if size:
-            options["num_images"] = size
-        if config.holdout_pairs:
-            options["holdout_pairs"] = tuple(config.holdout_pairs)
-    elif config.dataset.startswith("tfds:") and config.tfds_data_dir:
-        options["data_dir"] = config.tfds_data_dir
-    index, count = (0, 1) if whole else (jax.process_index(), jax.process_count())
-    return load_dataset(config.dataset, split=split, image_size=config.image_size, seed=config.seed,
-                        process_index=index, process_count=count, **options)
 
 
 def check_export_dir(path: str, resumed: bool) -> None:
@@ -158,10 +152,10 @@ def exportable_params(params: dict) -> dict:
 
 def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     """Trains (or resumes) the CLIP run in config.workdir; evaluates and exports it when done."""
-    mesh, is_chief, resumed = start_run(config, RESUMABLE_FIELDS)
+    mesh, is_chief, resumed = start_run(config)
     check_export_dir(config.export_path, resumed)
 
-    train = _load(config, "train")
+    train = load_split(config, "train")
     parallel.check_dataset_fits_batch(len(train), config.batch_size)
     if train.image_size != config.image_size:
         raise UserError(f"dataset images are {train.image_size}px, --image_size is {config.image_size}")
@@ -199,10 +193,12 @@ def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     if loop.preempted or loop.step < config.num_steps or not is_chief:
         return result
 
-    test = _load(config, "test", whole=True)
-    embedder = Embedder(spec.model(), preprocess, tokenizer, config.context_length, config.eval_batch_size)
+    test = load_split(config, "test", num_images=config.eval_size, whole=True)
     candidates = {"ema": _local_copy(loop.state.ema_params), "raw": _local_copy(loop.state.params)}
-    evaluation = {name: evaluate_clip(embedder, params, test) for name, params in candidates.items()}
+    evaluation = {name: evaluate_clip(CLIPEncoder(clip_config, params, tokenizer, preprocess=preprocess,
+                                                  dtype=spec.model().dtype, batch_size=config.eval_batch_size,
+                                                  context_length=config.context_length), test)
+                  for name, params in candidates.items()}
     # The EMA parameters unless the raw ones classify strictly better (short runs can go either way).
     best = "raw" if evaluation["raw"]["zero_shot_class"] > evaluation["ema"]["zero_shot_class"] else "ema"
     table = format_table(evaluation)

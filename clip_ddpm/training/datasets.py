@@ -1,0 +1,27 @@
+"""The images a run trains or evaluates on, as its flags describe them (both trainers)."""
+from __future__ import annotations
+
+from typing import Any
+
+from clip_ddpm.data import ImageDataset, load_dataset
+from clip_ddpm.training.run_config import RunConfig
+
+
+def load_split(config: RunConfig, split: str = "train", num_images: int = 0, whole: bool = False) -> ImageDataset:
+    """Split `split` of --dataset: this process's slice of it, or with `whole` every example
+    (for evaluation on one host). `num_images` sizes a procedural source (0: --dataset_size for
+    the training split, else the source's default)."""
+    import jax
+
+    options: dict[str, Any] = {}
+    if config.dataset == "shapes":
+        size = num_images or (config.dataset_size if split == "train" else 0)
+        if size:
+            options["num_images"] = size
+        if config.holdout_pairs:
+            options["holdout_pairs"] = tuple(config.holdout_pairs)
+    elif config.dataset.startswith("tfds:") and config.tfds_data_dir:
+        options["data_dir"] = config.tfds_data_dir
+    index, count = (0, 1) if whole else (jax.process_index(), jax.process_count())
+    return load_dataset(config.dataset, split=split, image_size=config.image_size, seed=config.seed,
+                        process_index=index, process_count=count, **options)

@@ -29,7 +29,7 @@ def _run_steps(devices, num_steps=2):
     schedule = diffusion.make_schedule("linear", 50)
     # SGD: Adam's first update is lr * sign(g), which turns the all-reduce's rounding noise on
     # exactly-zero gradients (conv biases before a per-channel GroupNorm) into ±lr.
-    optimizer = optax.sgd(0.1)
+    optimizer = optax.sgd(0.02)
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)), jnp.zeros((1, 4)))
     state = jax.device_put(create_train_state(params, optimizer), parallel.replicated(mesh))
     step = jit_train_step(make_train_step(model, schedule, optimizer, lambda s: 1e-3,

@@ -1,14 +1,17 @@
-"""The course's context-conditioned U-Net, in Flax linen (NHWC).
+"""The course's context-conditioned U-Net (the notebooks' `UNet` with `c_embed_dim`), in Flax linen (NHWC).
 
-Layout (down_chs = (c0, c1, c2), image size S, S divisible by 4):
-  down0  ResidualConvBlock(3 -> c0)            S
-  down1  DownBlock(c0 -> c1)                   S/2
-  down2  DownBlock(c1 -> c2)                   S/4
-  dense  flatten -> Dense(c1) -> GELU -> Dense(c2*(S/4)^2) -> GELU -> reshape
-  up0    GELUConv(c2)                          S/4
-  up1    UpBlock(concat(c1_emb*up0 + t1_emb, down2) -> c1)   S/2
-  up2    UpBlock(concat(c2_emb*up1 + t2_emb, down1) -> c0)   S
-  out    Conv3x3 -> GroupNorm(8) -> GELU -> Conv3x3 over concat(up2, down0)
+Layout (down_chs = (c0, c1, c2), image size S, S divisible by 4, L = S/4):
+  down0  ResidualConvBlock(3 -> c0): x1 = GELUConv(x), x1 + GELUConv(x1)      S
+  down1  DownBlock(c0 -> c1)                                                  S/2
+  down2  DownBlock(c1 -> c2)                                                  S/4
+  dense  flatten -> GELU -> Dense(c1) -> ReLU -> Dense(c1) -> ReLU -> Dense(c2*L^2) -> ReLU
+  up0    GELUConv(c2)                                                         S/4
+  up1    UpBlock(concat(c1_emb*up0 + t1_emb, down2) -> c1)                    S/2
+  up2    UpBlock(concat(c2_emb*up1 + t2_emb, down1) -> c0)                    S
+  out    Conv3x3 -> GroupNorm(8) -> ReLU -> Conv3x3 over concat(up2, down0)
+
+Layer for layer what the course builds in PyTorch (tests/test_unet_course.py copies these
+parameters into such a PyTorch model and compares outputs).
 
 The network knows nothing of noise schedules: it takes the timestep as a fraction t/T.
 Parameters are float32; `dtype` is the compute dtype (bfloat16 on accelerators).
@@ -54,7 +57,8 @@ class GELUConv(nn.Module):
 
 
 class ResidualConvBlock(nn.Module):
-    """Two GELUConvs plus a shortcut (1x1 conv when the channel count changes)."""
+    """x1 = GELUConv(x); x1 + GELUConv(x1): the residual joins the two convolutions' outputs, so
+    the block needs no projection of its input when the channel count changes."""
 
     features: int
     groups: int = 8
@@ -63,12 +67,8 @@ class ResidualConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x)
-        h = GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(h)
-        shortcut = x.astype(self.dtype)
-        if x.shape[-1] != self.features:
-            shortcut = nn.Dense(self.features, dtype=self.dtype, name="shortcut")(shortcut)
-        return shortcut + h
+        x1 = GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x)
+        return x1 + GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x1)
 
 
 class DownBlock(nn.Module):
@@ -147,9 +147,10 @@ class UNet(nn.Module):
         down1 = DownBlock(c1, 32, impl, dt, name="down1")(down0)
         down2 = DownBlock(c2, 32, impl, dt, name="down2")(down1)
 
-        z = down2.reshape(down2.shape[0], -1)
-        z = gelu(nn.Dense(c1, dtype=dt, name="dense_in")(z))
-        z = gelu(nn.Dense(c2 * latent * latent, dtype=dt, name="dense_out")(z))
+        z = gelu(down2.reshape(down2.shape[0], -1))  # flattened HWC (PyTorch's order is CHW)
+        z = nn.relu(nn.Dense(c1, dtype=dt, name="dense_in")(z))
+        z = nn.relu(nn.Dense(c1, dtype=dt, name="dense_mid")(z))
+        z = nn.relu(nn.Dense(c2 * latent * latent, dtype=dt, name="dense_out")(z))
         z = z.reshape(-1, latent, latent, c2)
 
         t_emb = sinusoidal_embedding(t_frac, self.t_embed_dim)
@@ -162,7 +163,7 @@ class UNet(nn.Module):
 
         out = jnp.concatenate([up2, down0.astype(dt)], axis=-1)
         out = Conv3x3(c0, impl, dt, name="out_conv0")(out)
-        out = gelu(nn.GroupNorm(num_groups=8, epsilon=1e-5, dtype=dt, name="out_norm")(out))
+        out = nn.relu(nn.GroupNorm(num_groups=8, epsilon=1e-5, dtype=dt, name="out_norm")(out))
         out = Conv3x3(self.out_channels, impl, dt, name="out_conv1")(out)
         return out.astype(jnp.float32)
 

@@ -13,11 +13,12 @@ from clip_ddpm.diffusion.samplers import (
     ddpm_step,
     guided_eps,
     guided_prediction,
+    predicted_x0,
     sample,
     sampling_timesteps,
 )
 from clip_ddpm.diffusion.schedules import SCHEDULES, Schedule, make_schedule
 
 __all__ = ["SAMPLERS", "SCHEDULES", "EpsFn", "Schedule", "ddim_step", "ddpm_posterior_mean", "ddpm_step",
-           "eps_loss", "guided_eps", "guided_prediction", "make_schedule", "q_sample", "sample",
+           "eps_loss", "guided_eps", "guided_prediction", "make_schedule", "predicted_x0", "q_sample", "sample",
            "sampling_timesteps"]

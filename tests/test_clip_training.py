@@ -16,11 +16,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from clip_ddpm.clip.train import trainer as clip_training
 from clip_ddpm.clip.train.config import ClipTrainConfig
-from clip_ddpm.clip.train.step import contrastive_loss
+from clip_ddpm.clip.train.step import ClipStepSpec, contrastive_loss
 from clip_ddpm.ddpm.config import Config
 from clip_ddpm.errors import UserError
 from clip_ddpm.training.flags import read_flagfile
@@ -63,20 +64,35 @@ def test_contrastive_loss_symmetric_case_and_wrong_pairs():
     assert float(metrics["image_to_text_accuracy"]) == 0.0
 
 
-def test_temperature_is_clipped_at_100():
+def test_temperature_parameter_is_clamped_after_each_update_and_can_come_back():
+    """CLIP clamps the logit-scale parameter to [0, log 100] after each step. A cap inside the
+    loss instead (exp(min(s, log 100))) has zero gradient above the cap: a parameter that got
+    past it could never return. Here the loss has a gradient at any scale, and the real
+    optimiser of the CLIP step puts the parameter back at the cap."""
     image = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-    norm = math.hypot(1.0, 0.99)
     text = jnp.array([[1.0, 0.99], [0.99, 1.0]])  # cosines [[a, b], [b, a]], a - b = 0.0071
-    a, b = 1.0 / norm, 0.99 / norm
-    expected = _ce(100 * a, 100 * b)  # 0.40; an unclipped scale of 1000 would give 8e-4
-    for logit_scale in (math.log(100.0), math.log(1000.0)):
-        loss, metrics = contrastive_loss(image, text, jnp.float32(logit_scale))
-        assert float(metrics["temperature_scale"]) == pytest.approx(100.0, rel=1e-5)
-        assert float(loss) == pytest.approx(expected, rel=1e-4)
-    assert expected > 100 * _ce(1000 * a, 1000 * b)
+    a, b = 1.0 / math.hypot(1.0, 0.99), 0.99 / math.hypot(1.0, 0.99)
+    loss, metrics = contrastive_loss(image, text, jnp.float32(math.log(100.0)))
+    assert float(loss) == pytest.approx(_ce(100 * a, 100 * b), rel=1e-4)
+    assert float(metrics["temperature_scale"]) == pytest.approx(100.0, rel=1e-5)
     grad = jax.grad(lambda t: contrastive_loss(image, text, t)[0])
-    assert float(grad(jnp.float32(math.log(1000.0)))) == 0.0  # past the cap nothing moves it
-    assert float(grad(jnp.float32(math.log(10.0)))) < 0.0  # below it, sharper logits help here
+    assert float(grad(jnp.float32(math.log(1000.0)))) < 0.0  # a gradient past the cap, too
+    limit = math.log(100.0)
+    spec = ClipStepSpec(clip=None, preprocess=None, batch_size=2, learning_rate=0.05, warmup_steps=0,
+                        lr_decay_steps=10)
+    optimizer, _ = spec.optimizer()
+
+    def update(logit_scale: float, grad_scale: float) -> float:
+        params = {"logit_scale": jnp.float32(logit_scale), "w": jnp.ones((2, 2))}
+        grads = {"logit_scale": jnp.float32(grad_scale), "w": jnp.zeros((2, 2))}
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        return float(optax.apply_updates(params, updates)["logit_scale"])
+
+    assert update(math.log(1000.0), 0.1) == pytest.approx(limit, abs=1e-6)  # above the cap: back to it
+    assert update(limit, -0.1) == pytest.approx(limit, abs=1e-6)  # pushed up at the cap: stays there
+    assert update(limit, 0.1) < limit - 0.01  # pushed down at the cap: comes back
+    assert update(0.01, 0.1) == pytest.approx(0.0, abs=1e-6)  # never below 0 (a scale below 1)
+    assert update(2.0, 0.1) == pytest.approx(2.0 - 0.05, abs=1e-3)  # in between: Adam's step alone
 
 
 # ----------------------------------------------------------------------------- a tiny run
@@ -113,6 +129,22 @@ def test_training_beats_chance_and_writes_its_evaluation(trained):
     assert best["zero_shot_class"] >= 2 / 36, best
     assert best["recall@1_class"] > best["chance_recall@1_class"], best
     assert result.metrics["loss"] < math.log(TINY["batch_size"]), result.metrics  # below the untrained loss
+
+
+def test_exported_parameters_are_chosen_on_validation_images_not_the_test_set(trained):
+    """The EMA-or-raw choice is made on fresh renders of the training distribution; the test
+    scores of both are reported, and played no part in it."""
+    workdir, result = trained
+    with open(workdir / "eval.json") as handle:
+        saved = json.load(handle)
+    assert saved["validation_set"].startswith("shapes-validation-") and saved["test_set"].startswith("shapes-test-")
+    assert saved["validation"] == result.validation and set(saved["validation"]) == {"ema", "raw"}
+    validation = {name: scores["zero_shot_class"] for name, scores in saved["validation"].items()}
+    expected = "raw" if validation["raw"] > validation["ema"] else "ema"
+    assert saved["exported"] == result.exported_params == expected
+    assert saved["ema"] == result.evaluation["ema"] and saved["raw"] == result.evaluation["raw"]
+    assert clip_training.choose_exported({"ema": {"zero_shot_class": 0.5}, "raw": {"zero_shot_class": 0.6}}) == "raw"
+    assert clip_training.choose_exported({"ema": {"zero_shot_class": 0.5}, "raw": {"zero_shot_class": 0.5}}) == "ema"
 
 
 def test_export_loads_in_transformers_with_the_same_embeddings(trained):

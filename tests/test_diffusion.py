@@ -105,11 +105,3 @@ def test_samplers_recover_a_point_mass_with_the_ideal_predictor(schedule, sample
     out = jax.jit(lambda k: diffusion.sample(_ideal_eps_for_point_mass(x0, schedule), schedule, k,
                                              x0.shape, sampler=sampler, steps=steps))(jax.random.key(0))
     np.testing.assert_allclose(out, x0, atol=1e-3)
-
-
-def test_ddim_timesteps_are_evenly_spaced_and_descending():
-    ts = diffusion.sampling_timesteps(400, "ddim", 5)
-    assert ts == [399, 299, 200, 100, 0]
-    assert diffusion.sampling_timesteps(4, "ddpm", None) == [3, 2, 1, 0]
-    with pytest.raises(ValueError):
-        diffusion.sampling_timesteps(400, "ddim", 401)

@@ -1,4 +1,8 @@
 """The data-parallel step: 4 devices compute what 1 device computes, and noise is per example."""
+import re
+from typing import Callable
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +17,7 @@ from clip_ddpm.ddpm.step import (
     make_train_step,
     step_randomness,
 )
+from clip_ddpm.diffusion.grid import make_sampler
 from clip_ddpm.errors import UserError
 from clip_ddpm.models.unet import UNet
 from clip_ddpm.training import parallel
@@ -53,7 +58,10 @@ def test_four_device_step_equals_one_device_step():
     assert int(state4.step) == 2
 
 
-def test_noise_is_distinct_per_example_and_independent_of_sharding():
+def test_noise_is_drawn_at_the_global_shape_distinct_per_example():
+    """The step's draws are made for the whole batch, not per device: sharded over 4 devices they
+    equal the single-device draw, no two examples share noise, and the next step draws anew.
+    (A step that drew per device from one key would give every device the same noise.)"""
     key = jax.random.key(0)
     shape = (16, 4, 4, 3)
     mesh = parallel.make_mesh()
@@ -67,6 +75,68 @@ def test_noise_is_distinct_per_example_and_independent_of_sharding():
     assert distances.min() > 1.0  # no two examples (hence no two devices) share noise
     other_step = np.asarray(step_randomness(key, jnp.int32(4), shape, 400)[1])
     assert not np.allclose(other_step, single[1])
+
+
+def _sharded_draw(partitionable: bool):
+    """The step's draws over the 4-device mesh under one setting of jax_threefry_partitionable:
+    (collective operations in the compiled program, the draws, the same draws on one device)."""
+    shape = (16, 4, 4, 3)
+    mesh = parallel.make_mesh()
+    with jax.threefry_partitionable(partitionable):
+        draw = jax.jit(lambda k, s: step_randomness(k, s, shape, 400)[:2],
+                       out_shardings=(parallel.data_sharded(mesh),) * 2)
+        hlo = draw.lower(jax.random.key(0), jnp.int32(3)).compile().as_text()
+        values = draw(jax.random.key(0), jnp.int32(3))
+        single = jax.jit(lambda k, s: step_randomness(k, s, shape, 400)[:2])(jax.random.key(0), jnp.int32(3))
+    collectives = set(re.findall(r"\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)\b", hlo))
+    return collectives, values, single
+
+
+def test_partitionable_threefry_saves_communication_and_changes_no_sharded_value():
+    """What jax_threefry_partitionable, which `configure_jax` sets, really does: each device
+    generates its own rows of a sharded draw with no communication. Without it XLA gathers
+    between devices. Under jit the values never depend on the sharding, with or without it."""
+    parallel.configure_jax()
+    ours, values, single = _sharded_draw(jax.config.jax_threefry_partitionable)
+    assert ours == set()
+    for a, b in zip(values, single):
+        np.testing.assert_array_equal(a, b)
+    other, values, single = _sharded_draw(False)
+    assert other, "without the flag the sharded draw communicates"
+    for a, b in zip(values, single):
+        np.testing.assert_array_equal(a, b)
+
+
+class _ShardingProbe(nn.Module):
+    """A stand-in for the U-Net that records how its input is split over devices."""
+
+    record: Callable
+
+    @nn.compact
+    def __call__(self, x, t_frac, context):
+        jax.debug.inspect_array_sharding(x, callback=self.record)
+        return nn.Dense(3)(x) + nn.Dense(3)(context)[:, None, None, :] * t_frac[:, None, None, None]
+
+
+def test_training_grid_sampler_splits_the_grid_over_the_mesh():
+    """With the mesh, every device runs the network on a quarter of the (padded) grid, and the
+    images equal those of the unsharded sampler."""
+    seen = []
+    model = _ShardingProbe(seen.append)
+    schedule = diffusion.make_schedule("linear", 20)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)), jnp.zeros((1,)), jnp.zeros((1, 5)))
+    contexts = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    mesh = parallel.make_mesh()
+    images = {}
+    for name, grid_mesh in (("single", None), ("sharded", mesh)):
+        sampler = make_sampler(model, schedule, (4, 4, 3), "ddim", 5, mesh=grid_mesh)
+        p = params if grid_mesh is None else jax.device_put(params, parallel.replicated(mesh))
+        w = jnp.repeat(jnp.array([0.0, 2.0]), 3)  # 6 samples: padded to 8 on 4 devices
+        images[name] = np.asarray(sampler(p, jax.random.key(1), jnp.tile(jnp.asarray(contexts), (2, 1)), w))
+    sharding = seen[-1]
+    assert sharding.shard_shape((16, 4, 4, 3))[0] == 4  # [x; x] of 8 padded samples, 4 per device
+    assert images["sharded"].shape == (6, 4, 4, 3)
+    np.testing.assert_allclose(images["sharded"], images["single"], atol=1e-5)
 
 
 def test_draw_batch_visits_every_example_once_per_epoch():

@@ -70,7 +70,12 @@ def test_holdout_pairs():
     train = shapes.load(num_images=720, holdout_pairs=pairs)
     test = shapes.load(split="test", num_images=200, holdout_pairs="red circle, blue square")
     holdout = shapes.load(split="holdout", num_images=100, holdout_pairs=pairs)
+    validation = shapes.load(split="validation", num_images=200, holdout_pairs=pairs)
     assert not held & set(train.labels.tolist()) and not held & set(test.labels.tolist())
+    assert not held & set(validation.labels.tolist())
+    # Fresh renders: no validation image is a training or test image.
+    seen = {image.tobytes() for image in np.concatenate([train.images, test.images])}
+    assert not any(image.tobytes() in seen for image in validation.images)
     assert len(set(train.labels.tolist())) == 34
     assert set(holdout.labels.tolist()) == held
     assert train.name.endswith("-holdout-red_circle+blue_square")  # label order, not given order
@@ -137,6 +142,6 @@ def test_class_prompts_and_dispatch():
     assert ds.name == "shapes-holdout-32px-seed1-n10-holdout-green_star"
     assert set(ds.labels.tolist()) == {shapes.class_index("green star")}
     with pytest.raises(DatasetError):
-        shapes.load(split="validation")
+        shapes.load(split="dev")
     with pytest.raises(DatasetError):
         shapes.load(image_size=8)

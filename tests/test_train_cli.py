@@ -1,6 +1,8 @@
 """End to end through the functions the CLIs call: train, resume, sample, and bad input."""
 import dataclasses
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ from clip_ddpm.ddpm.trainer import train_and_evaluate
 from clip_ddpm.errors import UserError
 from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.training.flags import read_flagfile
+from clip_ddpm.training.workdir import RunInfo, write_run_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "experiments", "configs", "smoke.cfg")
@@ -50,7 +53,7 @@ def test_smoke_config_trains_end_to_end(smoke_run):
     # 2 guidance rows x 4 columns of 16px images, 2px padding, scaled 2x.
     assert grid.size == (2 * (4 * 18 + 2), 2 * (2 * 18 + 2))
     saved = read_flagfile(str(workdir / "flags.txt"), Config)
-    assert saved == smoke_config(workdir)
+    assert saved == smoke_config(workdir, lr_decay_steps=6)  # the schedule's length, fixed at the first start
 
 
 def test_resume_gives_the_params_of_an_uninterrupted_run(tmp_path):
@@ -67,6 +70,91 @@ def test_resume_gives_the_params_of_an_uninterrupted_run(tmp_path):
     assert len(leaves_a) == len(leaves_b) > 0
     for x, y in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(x, y)
+
+
+def _learning_rates(workdir) -> dict[int, float]:
+    with open(workdir / "metrics.jsonl") as handle:
+        rows = [json.loads(line) for line in handle]
+    return {row["step"]: row["learning_rate"] for row in rows}
+
+
+def test_extending_a_finished_run_goes_on_at_the_final_learning_rate(tmp_path):
+    """A 6-step run decays the rate to 1% of its peak; resumed with --num_steps=9 it keeps the
+    6-step schedule (recorded in flags.txt) instead of jumping back up a 9-step one."""
+    peak = 1e-3
+    extended, fresh = tmp_path / "extended", tmp_path / "fresh"
+    common = dict(warmup_steps=2, log_every=1, learning_rate=peak, checkpoint_every=100)
+    train_and_evaluate(smoke_config(extended, num_steps=6, **common))
+    train_and_evaluate(smoke_config(extended, num_steps=9, **common))
+    assert read_flagfile(str(extended / "flags.txt"), Config).lr_decay_steps == 6
+    rates = _learning_rates(extended)  # the row of step s holds the rate of update s (state.step s - 1)
+    assert rates[3] == pytest.approx(peak)  # the end of the warm-up
+    for step in (7, 8, 9):
+        assert rates[step] == pytest.approx(0.01 * peak)
+    # A run of 9 steps from the start decays over 9: its update 7 is still well above the floor.
+    train_and_evaluate(smoke_config(fresh, num_steps=9, **common))
+    assert _learning_rates(fresh)[7] > 0.1 * peak
+    # Asking for another schedule length on resume is a different run.
+    with pytest.raises(UserError, match="lr_decay_steps: saved 6, requested 12"):
+        train_and_evaluate(smoke_config(extended, num_steps=12, lr_decay_steps=12, **common))
+
+
+def test_run_info_is_replaced_atomically(smoke_run):
+    """A write that fails half-way leaves the previous run_info.json whole, and no stray file."""
+    workdir, _ = smoke_run
+    before = (workdir / "run_info.json").read_text()
+    broken = RunInfo(context_dim=36, class_names=("red circle", object()), condition="class")
+    with pytest.raises(TypeError):
+        write_run_info(str(workdir), broken)
+    assert (workdir / "run_info.json").read_text() == before
+    assert not (workdir / "run_info.json.tmp").exists()
+
+
+def test_sample_reads_only_the_ema_parameters(smoke_run, tmp_path):
+    """Sampling restores the EMA parameters alone, equal to those saved; so a checkpoint stays
+    sampleable when the optimiser that trained it can no longer be rebuilt the same way (here
+    flags.txt is edited to a run without gradient clipping, whose Adam state has another
+    structure), and it never holds Adam's moments in memory."""
+    workdir, _ = smoke_run
+    step, saved = _saved_params(workdir)
+    checkpoints = Checkpoints(str(workdir), create=False)
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), saved["ema_params"])
+    part = checkpoints.restore_part({"ema_params": abstract}, step)
+    checkpoints.close()
+    assert list(part) == ["ema_params"]
+    for a, b in zip(jax.tree_util.tree_leaves(part["ema_params"]), jax.tree_util.tree_leaves(saved["ema_params"])):
+        np.testing.assert_array_equal(a, b)
+    edited = tmp_path / "edited"
+    shutil.copytree(workdir, edited)
+    flags_text = (edited / "flags.txt").read_text()
+    assert "--grad_clip=1.0" in flags_text
+    (edited / "flags.txt").write_text(flags_text.replace("--grad_clip=1.0", "--grad_clip=0.0"))
+    result = generate_samples(SampleRequest(workdir=str(edited), class_labels=("0",), guidance=(1.0,),
+                                            sampler="ddim", sampling_steps=2))
+    assert result["step"] == step
+
+
+@pytest.mark.parametrize("clip_denoised", [False, True])
+def test_clip_denoised_reaches_the_grid_samplers(tmp_path, monkeypatch, clip_denoised):
+    """--clip_denoised is recorded in flags.txt and given to the training grids' sampler and to
+    clip_ddpm.sample's."""
+    from clip_ddpm.ddpm import sampling, trainer
+    from clip_ddpm.diffusion import grid
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("clip_denoised", args[6] if len(args) > 6 else False))
+        return grid.make_sampler(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "make_sampler", spy)
+    monkeypatch.setattr(sampling, "make_sampler", spy)
+    workdir = tmp_path / "run"
+    train_and_evaluate(smoke_config(workdir, num_steps=1, clip_denoised=clip_denoised))
+    assert read_flagfile(str(workdir / "flags.txt"), Config).clip_denoised is clip_denoised
+    generate_samples(SampleRequest(workdir=str(workdir), class_labels=("0",), guidance=(0.0,), sampler="ddim",
+                                   sampling_steps=2))
+    assert seen == [clip_denoised, clip_denoised]
 
 
 def test_sample_from_checkpoint_writes_png_and_npz_of_the_right_size(smoke_run, tmp_path):

@@ -6,8 +6,8 @@ factors, so (shape, colour) pairs can be held out of training to test compositio
 generalisation, and both factors are returned as attribute labels for scoring samples.
 
 Everything is drawn from numpy generators keyed by (seed, split), so a split is a pure function
-of its parameters: the same on every host and every run, and the train, test and holdout streams
-never coincide. Shapes are rendered with signed distance functions, whose value in pixels gives
+of its parameters: the same on every host and every run, and the train, test, holdout and
+validation streams never coincide. Shapes are rendered with signed distance functions, whose value in pixels gives
 each pixel's edge coverage directly: anti-aliased edges at the cost of one evaluation per pixel.
 """
 from __future__ import annotations
@@ -65,8 +65,8 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
     "a {colour} {shape}", "a picture of a {colour} {shape}", "a photo of a {colour} {shape}",
     "{colour} {shape}",
 )
-DEFAULT_NUM_IMAGES: dict[str, int] = {"train": 10000, "test": 1000, "holdout": 1000}
-_STREAM = {"train": 0, "test": 1, "holdout": 2}
+DEFAULT_NUM_IMAGES: dict[str, int] = {"train": 10000, "test": 1000, "holdout": 1000, "validation": 1000}
+_STREAM = {"train": 0, "test": 1, "holdout": 2, "validation": 3}
 
 _RADIUS = {0: (0.16, 0.22), 1: (0.30, 0.38)}  # fraction of the image side, by size index
 _MAX_TILT = np.deg2rad(15.0)  # small rotations only: a square never turns into a diamond
@@ -90,10 +90,12 @@ def class_index(name: str) -> int:
 def load(split: str = "train", image_size: int = 32, seed: int = 0, num_images: int | None = None,
          holdout_pairs: Sequence[str] | str = (), process_index: int = 0,
          process_count: int = 1) -> ImageDataset:
-    """Renders split `split` ("train", "test" or "holdout") of the shapes dataset.
+    """Renders split `split` ("train", "test", "holdout" or "validation") of the shapes dataset.
 
+    "validation" is fresh renders of the training distribution, for choices made after training
+    (such as which parameters to export) that must not look at the test images.
     holdout_pairs: class names ("red circle", ... or one comma-separated string) kept out of
-      "train" and "test"; split "holdout" holds only them.
+      "train", "test" and "validation"; split "holdout" holds only them.
     With process_count > 1 only this process's contiguous slice of the global split is rendered.
     """
     if split not in _STREAM:

@@ -51,9 +51,12 @@ class Config(RunConfig):
     sample_columns: int = field(10, "Conditions (classes or dataset contexts) per grid row.")
     sampler: str = field("ddim", "Sampler for the grids written during training.", SAMPLERS)
     sampling_steps: int = field(50, "DDIM steps for those grids.")
+    clip_denoised: bool = field(False, "Clip the sampler's estimate of x0 to [-1, 1] at every step, in "
+                                       "these grids and in clip_ddpm.sample (the course does not).")
 
     RESUMABLE_FIELDS: ClassVar[frozenset[str]] = RunConfig.RESUMABLE_FIELDS | {
-        "sample_every", "sample_guidance", "sample_columns", "sampler", "sampling_steps", "clip_cache_dir"}
+        "sample_every", "sample_guidance", "sample_columns", "sampler", "sampling_steps", "clip_denoised",
+        "clip_cache_dir"}
 
     def validate(self) -> "Config":
         """Raises UserError naming the first flag whose value cannot work."""

@@ -1,5 +1,8 @@
 """Sampling a trained run: rebuild its model from flags.txt, restore the EMA parameters, draw a grid.
 
+Only the EMA parameters are read from the checkpoint (not the raw parameters or Adam's moments,
+three more copies of the model), and the grid is split over every local device.
+
 `generate_samples(request)` is what `python -m clip_ddpm.sample` does; tests and the study call it
 directly. One grid row per guidance weight, one column per condition (class labels, rows of a
 context file, or text prompts encoded by the run's CLIP).
@@ -21,7 +24,6 @@ from clip_ddpm.evaluation.image_grid import save_grid
 from clip_ddpm.training import parallel
 from clip_ddpm.training.checkpoints import Checkpoints, abstract_like
 from clip_ddpm.training.flags import read_flagfile
-from clip_ddpm.training.train_state import create_train_state, make_optimizer
 from clip_ddpm.training.workdir import flags_path, read_run_info
 
 
@@ -83,22 +85,24 @@ def generate_samples(request: SampleRequest) -> dict:
     contexts, titles = contexts_for_request(request, config, info)
 
     checkpoints = Checkpoints(request.workdir, create=False)
-    model = builders.build_model(config, info.context_dim)
-    optimizer, _ = make_optimizer(config.learning_rate, config.num_steps, config.warmup_steps,
-                                  config.weight_decay, config.grad_clip)
-    abstract = jax.eval_shape(lambda: create_train_state(
-        builders.init_params(model, config, info.context_dim, jax.random.key(0)), optimizer))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    state = checkpoints.restore(abstract_like(abstract, device), request.step)
-    checkpoints.close()
-    step = int(state.step)
-    png, npz = _output_paths(request, step)
-
-    sampler = make_sampler(model, builders.build_schedule(config), (config.image_size, config.image_size, 3),
-                           request.sampler, request.sampling_steps, request.eta)
+    step = checkpoints.latest_step() if request.step is None else request.step
+    if step is None:
+        raise UserError(f"no checkpoint found in {request.workdir}")
+    if step not in checkpoints.all_steps:
+        raise UserError(f"no checkpoint at step {step}; available: {sorted(checkpoints.all_steps)}")
     if request.sampler == "ddim" and not 1 <= request.sampling_steps <= config.timesteps:
         raise UserError(f"--sampling_steps must be in [1, {config.timesteps}]")
-    images = sample_grid(sampler, state.ema_params, jax.random.key(request.seed), contexts,
+    png, npz = _output_paths(request, step)
+    model = builders.build_model(config, info.context_dim)
+    mesh = parallel.make_mesh()
+    abstract = jax.eval_shape(lambda: builders.init_params(model, config, info.context_dim, jax.random.key(0)))
+    ema_params = checkpoints.restore_part(
+        {"ema_params": abstract_like(abstract, parallel.replicated(mesh))}, step)["ema_params"]
+    checkpoints.close()
+
+    sampler = make_sampler(model, builders.build_schedule(config), (config.image_size, config.image_size, 3),
+                           request.sampler, request.sampling_steps, request.eta, config.clip_denoised, mesh)
+    images = sample_grid(sampler, ema_params, jax.random.key(request.seed), contexts,
                          request.guidance, len(titles), request.num_samples)
     save_grid(images, png, scale=request.scale)
     np.savez(npz, images=images, guidance=np.asarray(request.guidance, np.float32),

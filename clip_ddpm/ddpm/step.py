@@ -33,16 +33,17 @@ class StepConfig:
     context_drop_prob: float = 0.1
     context_drop: str = "sample"
     ema_decay: float = 0.999
-    random_flip: bool = False
 
 
 def step_randomness(key: jax.Array, step: jax.Array, image_shape: tuple[int, ...],
                     num_timesteps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Timesteps [B], noise [B, H, W, C] and the context-drop key of one step.
 
-    Drawn at the global batch shape from fold_in(key, step): with partitionable threefry each
-    device computes only its rows, the values do not depend on the device count, and a resumed
-    run draws exactly what the uninterrupted run drew.
+    Drawn at the global batch shape from fold_in(key, step), so every example has its own noise,
+    the values do not depend on the device count (under jit no value depends on how the work is
+    split), and a resumed run draws exactly what the uninterrupted run drew. What
+    `jax_threefry_partitionable` adds is cost: each device generates only its own rows, with no
+    communication between devices.
     """
     key_t, key_eps, key_drop = jax.random.split(jax.random.fold_in(key, step), 3)
     t = jax.random.randint(key_t, image_shape[:1], 0, num_timesteps)

@@ -34,7 +34,7 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     stop_at: stop at that step as a preempted job would (checkpoint, no final samples); the
     next call resumes. Lets a job run in time slices and tests check exact resumption.
     """
-    mesh, is_chief, resumed = start_run(config)
+    config, mesh, is_chief, resumed = start_run(config)
 
     dataset = load_split(config, "train")
     parallel.check_dataset_fits_batch(len(dataset), config.batch_size)
@@ -43,7 +43,7 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     contexts = builders.build_context_source(config, dataset, recorded_clip_hash(config.workdir) if resumed else "")
     model = builders.build_model(config, contexts.dim)
     schedule = builders.build_schedule(config)
-    optimizer, lr_fn = make_optimizer(config.learning_rate, config.num_steps, config.warmup_steps,
+    optimizer, lr_fn = make_optimizer(config.learning_rate, config.lr_decay_steps, config.warmup_steps,
                                       config.weight_decay, config.grad_clip)
     base_key = jax.random.key(config.seed)
     init_key, train_key, sample_key = jax.random.split(base_key, 3)
@@ -73,7 +73,7 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     grid_contexts, _ = contexts.grid_contexts(dataset, config.sample_columns)
     columns = config.sample_columns if grid_contexts is None else len(grid_contexts)
     sampler_fn = make_sampler(model, schedule, (config.image_size, config.image_size, 3),
-                              config.sampler, config.sampling_steps)
+                              config.sampler, config.sampling_steps, clip_denoised=config.clip_denoised, mesh=mesh)
 
     def write_samples(state, step: int) -> None:
         images = sample_grid(sampler_fn, state.ema_params, jax.random.fold_in(sample_key, step),

@@ -11,23 +11,46 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_ddpm.data.dataset import to_uint8
 from clip_ddpm.diffusion import samplers, schedules
 
 
 def make_sampler(model: nn.Module, schedule: schedules.Schedule, image_shape: tuple[int, int, int],
-                 sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0) -> Callable:
-    """fn(params, key, contexts [N, D] | None, guidance [N]) -> float images [N, H, W, C] in [-1, 1]."""
+                 sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+                 clip_denoised: bool = False, mesh: Mesh | None = None) -> Callable:
+    """fn(params, key, contexts [N, D] | None, guidance [N]) -> float images [N, H, W, C] in [-1, 1].
 
-    @jax.jit
+    With a `mesh`, the N samples are split over its devices (padded to a multiple of the device
+    count), so each device draws only its share of the grid; params are expected replicated on
+    the mesh, and the images come back replicated, readable on every host. The noise is drawn
+    at the global shape, so the samples do not depend on the number of devices.
+    """
+
     def run(params, key, contexts, guidance):
         def eps_fn(x, t_frac, c):
             return model.apply(params, x, t_frac, c)
         shape = (guidance.shape[0],) + tuple(image_shape)
-        return samplers.sample(eps_fn, schedule, key, shape, contexts, guidance, sampler, steps, eta)
+        return samplers.sample(eps_fn, schedule, key, shape, contexts, guidance, sampler, steps, eta,
+                               clip_denoised)
 
-    return run
+    if mesh is None:
+        return jax.jit(run)
+    batch, whole = NamedSharding(mesh, PartitionSpec(mesh.axis_names)), NamedSharding(mesh, PartitionSpec())
+    sharded = jax.jit(lambda params, key, contexts, guidance, n: run(params, key, contexts, guidance)[:n],
+                      in_shardings=(whole, whole, batch, batch), out_shardings=whole, static_argnums=4)
+
+    def run_sharded(params, key, contexts, guidance):
+        n = guidance.shape[0]
+        pad = -n % mesh.devices.size
+        if pad:  # the padding rows are drawn and dropped
+            guidance = jnp.concatenate([guidance, jnp.zeros((pad,), guidance.dtype)])
+            if contexts is not None:
+                contexts = jnp.concatenate([contexts, jnp.zeros((pad,) + contexts.shape[1:], contexts.dtype)])
+        return sharded(params, key, contexts, guidance, n)
+
+    return run_sharded
 
 
 def sample_grid(sampler_fn: Callable, params, key: jax.Array, contexts: np.ndarray | None,

@@ -61,6 +61,16 @@ class Checkpoints:
             raise UserError(f"no checkpoint at step {step}; available: {sorted(steps) or 'none'}")
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
+    def restore_part(self, abstract_part: dict[str, Any], step: int) -> dict[str, Any]:
+        """Only the top-level entries of the saved state named in `abstract_part` (e.g.
+        {"ema_params": ...}), laid out as given: the rest (Adam's moments, ...) is never read,
+        so sampling needs the memory of one parameter set, not of the whole training state."""
+        if step not in self.all_steps:
+            raise UserError(f"no checkpoint at step {step}; available: {sorted(self.all_steps) or 'none'}")
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_part)
+        return self._manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=abstract_part, restore_args=restore_args, partial_restore=True))
+
     def restore_or_initialize(self, init_fn: Callable[[], Any], sharding: jax.sharding.Sharding) -> Any:
         """The latest saved state if there is one (the run resumes), else a fresh `init_fn()`,
         both laid out with `sharding`."""

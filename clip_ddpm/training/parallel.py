@@ -2,9 +2,9 @@
 
 This is today's form of a pmapped step: the step is jitted with the state replicated and the
 batch sharded along 'data'; XLA inserts the gradient all-reduce (the pmean of a pmapped step).
-Random draws are made at the global batch shape with partitionable threefry, so every
-example gets its own noise, no two devices draw the same, and the numbers do not depend on
-how many devices share the work.
+Random draws are made at the global batch shape inside the jitted step, so every example gets
+its own noise, no two devices draw the same, and the numbers do not depend on how many devices
+share the work (under jit, values never depend on the sharding).
 """
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ DATA_AXIS = "data"
 
 
 def configure_jax() -> None:
-    """Process-wide settings the code relies on (device-count-independent random numbers)."""
+    """Process-wide settings the code relies on.
+
+    jax_threefry_partitionable: a random draw sharded over devices is generated where it lives,
+    each device computing only its own share without communicating; otherwise XLA generates
+    it with all-gathers between devices. It changes no value's dependence on the device count
+    (there is none under jit), but it does change which numbers a key gives, so every process
+    of a run, and every run resumed, must set it alike. It is JAX's default since 0.5.
+    """
     jax.config.update("jax_threefry_partitionable", True)
 
 

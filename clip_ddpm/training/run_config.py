@@ -43,6 +43,9 @@ class RunConfig:
     # Optimiser.
     learning_rate: float = field(1e-3, "Peak AdamW learning rate.")
     warmup_steps: int = field(100, "Linear warm-up steps before the cosine decay.")
+    lr_decay_steps: int = field(0, "Length of the warm-up and cosine decay (0: --num_steps of the run's first "
+                                   "start). Kept on resume: a run extended with a larger --num_steps goes on "
+                                   "at the final rate.")
     weight_decay: float = field(0.0, "AdamW weight decay.")
     grad_clip: float = field(1.0, "Global gradient-norm clip (0: none).")
     ema_decay: float = field(0.999, "Decay of the exponential moving average of parameters.")
@@ -52,6 +55,16 @@ class RunConfig:
     RESUMABLE_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "workdir", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "distributed"})
 
+    def resolved(self, saved: "RunConfig | None" = None) -> "RunConfig":
+        """This config with what a run fixes at its first start filled in: --lr_decay_steps=0
+        becomes the schedule length of the run being resumed (`saved`; for a run that predates
+        the flag, its --num_steps), or else this --num_steps. So --num_steps may grow on resume
+        without rebuilding the learning-rate schedule under the run's feet."""
+        if self.lr_decay_steps:
+            return self
+        length = (saved.lr_decay_steps or saved.num_steps) if saved is not None else self.num_steps
+        return dataclasses.replace(self, lr_decay_steps=length)
+
     def validate_run(self) -> None:
         """Raises UserError naming the first shared flag whose value cannot work."""
         if not self.workdir:
@@ -60,7 +73,7 @@ class RunConfig:
                      "image_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("dataset_size", "warmup_steps", "weight_decay", "grad_clip"):
+        for name in ("dataset_size", "warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must not be negative, got {getattr(self, name)}")
         if self.learning_rate <= 0:

@@ -51,18 +51,19 @@ def apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTran
     return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
 
 
-def make_optimizer(learning_rate: float, num_steps: int, warmup_steps: int, weight_decay: float,
+def make_optimizer(learning_rate: float, schedule_steps: int, warmup_steps: int, weight_decay: float,
                    grad_clip: float, weight_decay_mask: Any = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warm-up then cosine decay to 1% of the peak, after global-norm clipping.
+    """AdamW with linear warm-up then cosine decay to 1% of the peak over `schedule_steps` (the
+    rate stays at 1% after them), after global-norm clipping.
 
     `weight_decay_mask` (a pytree of bools or a function of the params giving one) limits the
     decay to some parameters; None decays all of them.
     """
-    warmup = max(0, min(warmup_steps, num_steps - 1))
+    warmup = max(0, min(warmup_steps, schedule_steps - 1))
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=learning_rate, warmup_steps=warmup,
-        decay_steps=max(num_steps, warmup + 1), end_value=learning_rate * 0.01)
+        decay_steps=max(schedule_steps, warmup + 1), end_value=learning_rate * 0.01)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     parts.append(optax.adamw(schedule, weight_decay=weight_decay, mask=weight_decay_mask))
     return optax.chain(*parts), schedule

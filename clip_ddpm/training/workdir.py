@@ -26,31 +26,32 @@ def ensure_writable_directory(path: str, flag: str) -> None:
         raise UserError(f"{flag} {path} is not writable")
 
 
-def check_workdir(config: Any) -> bool:
+def check_workdir(config: Any) -> Any | None:
     """Makes sure the workdir can be written and, if it holds a run, that this is the same run.
 
-    Returns True when an earlier run's flags.txt is there (the run resumes).
+    Returns the configuration saved there by an earlier start (the run resumes), else None.
     Raises UserError for an unwritable directory or a run with different flags.
     """
     workdir = config.workdir
     ensure_writable_directory(workdir, "--workdir")
     path = flags_path(workdir)
     if not os.path.exists(path):
-        return False
+        return None
     saved = flag_lib.read_flagfile(path, type(config))
-    conflicts = flag_lib.resume_conflicts(saved, config)
+    conflicts = flag_lib.resume_conflicts(saved.resolved(), config.resolved(saved))
     if conflicts:
         shown = "; ".join(conflicts[:3]) + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
         raise UserError(f"--workdir {workdir} holds a run with different settings ({shown}); "
                         "use a new --workdir or the saved flags")
-    return True
+    return saved
 
 
 def start_run(config: Any):
     """What every trainer does first, before it loads data or writes a file: validate the flags,
     join a multi-host job, build the mesh, check the batch split and the workdir.
 
-    Returns (mesh, is_chief, resumed).
+    Returns (config, mesh, is_chief, resumed), config with the values fixed at the run's first
+    start filled in (`RunConfig.resolved`): use it, and write it to flags.txt.
     """
     import jax
 
@@ -61,17 +62,26 @@ def start_run(config: Any):
     parallel.configure_jax()
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    resumed = check_workdir(config)
-    return mesh, jax.process_index() == 0, resumed
+    saved = check_workdir(config)
+    return config.resolved(saved), mesh, jax.process_index() == 0, saved is not None
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replaces `path` with `text` in one step: a crash or an error while writing leaves the
+    previous file whole (the partial text goes to a temporary file that is then removed)."""
+    temporary = path + ".tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def write_flags(config: Any) -> None:
     """Writes the resolved flags (atomically, so a crash never leaves half a file)."""
-    path = flags_path(config.workdir)
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(flag_lib.to_flagfile_text(config))
-    os.replace(temporary, path)
+    write_atomically(flags_path(config.workdir), flag_lib.to_flagfile_text(config))
 
 
 RUN_INFO_FILENAME = "run_info.json"
@@ -95,8 +105,8 @@ class RunInfo:
 
 
 def write_run_info(workdir: str, info: RunInfo) -> None:
-    with open(os.path.join(workdir, RUN_INFO_FILENAME), "w", encoding="utf-8") as handle:
-        json.dump(dataclasses.asdict(info), handle, indent=1)
+    """Writes run_info.json atomically (a failed write keeps the previous one)."""
+    write_atomically(os.path.join(workdir, RUN_INFO_FILENAME), json.dumps(dataclasses.asdict(info), indent=1))
 
 
 def read_run_info(workdir: str) -> RunInfo:

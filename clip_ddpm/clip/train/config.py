@@ -31,7 +31,8 @@ class ClipTrainConfig(RunConfig):
     learning_rate: float = new_default(RunConfig, "learning_rate", 5e-4)
     weight_decay: float = new_default(RunConfig, "weight_decay", 0.1)
 
-    eval_size: int = field(0, "Test images of a procedural source for the evaluation (0: its default).")
+    eval_size: int = field(0, "Test images of a procedural source for the evaluation, and validation images "
+                              "for choosing the exported parameters (0: the source's default).")
     random_shift: int = field(0, "Random translations of up to this many pixels (0: none).")
 
     # Tokenizer.

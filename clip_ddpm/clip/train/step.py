@@ -34,23 +34,21 @@ from clip_ddpm.training.train_state import (
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
-def clipped_scale(logit_scale: jax.Array, max_scale: float = MAX_LOGIT_SCALE) -> jax.Array:
-    """exp(logit_scale), at most `max_scale`; no gradient flows once the cap is reached."""
-    return jnp.exp(jnp.minimum(logit_scale, math.log(max_scale)))
 
-
-def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scale: jax.Array,
-                     max_scale: float = MAX_LOGIT_SCALE) -> tuple[jax.Array, Metrics]:
+def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array,
+                     logit_scale: jax.Array) -> tuple[jax.Array, Metrics]:
     """CLIP's symmetric cross-entropy over the N x N cosine similarities of a batch.
 
-    Row i of both inputs is a matching pair. The logits are the cosines times
-    min(exp(logit_scale), max_scale); the loss is the mean of the image->text and text->image
-    cross-entropies towards the diagonal. Returns (loss, metrics) with the in-batch top-1
-    accuracies in both directions, which show learning long before zero-shot scores do.
+    Row i of both inputs is a matching pair. The logits are the cosines times exp(logit_scale)
+    (kept at most MAX_LOGIT_SCALE by `clamp_logit_scale` after every update, not by a cap here,
+    which would give the parameter no gradient above the cap); the loss is the mean of the
+    image->text and text->image cross-entropies towards the diagonal. Returns (loss, metrics)
+    with the in-batch top-1 accuracies in both directions, which show learning long before
+    zero-shot scores do.
     """
     image = l2_normalize(image_embeds.astype(jnp.float32))
     text = l2_normalize(text_embeds.astype(jnp.float32))
-    scale = clipped_scale(logit_scale, max_scale)
+    scale = jnp.exp(logit_scale)
     logits = scale * image @ text.T  # [images, texts]
     labels = jnp.arange(logits.shape[0])
     image_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -59,6 +57,19 @@ def contrastive_loss(image_embeds: jax.Array, text_embeds: jax.Array, logit_scal
                "text_to_image_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
                "temperature_scale": scale}
     return 0.5 * (image_to_text + text_to_image), metrics
+
+
+def clamp_logit_scale(max_scale: float = MAX_LOGIT_SCALE) -> optax.GradientTransformation:
+    """The last link of the optimiser chain: moves params["logit_scale"] back into
+    [0, log max_scale] after the update, as CLIP clamps the parameter itself after each step.
+    Being part of the update, it acts before the EMA sees the parameters."""
+    limit = math.log(max_scale)
+
+    def update(updates, state, params):
+        value = params["logit_scale"]
+        return {**updates, "logit_scale": jnp.clip(value + updates["logit_scale"], 0.0, limit) - value}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def decay_mask(params: dict) -> dict:
@@ -91,7 +102,7 @@ class ClipStepSpec:
     batch_size: int
     compute_dtype: str = "float32"
     learning_rate: float = 1e-3
-    num_steps: int = 1000
+    lr_decay_steps: int = 1000
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -103,8 +114,10 @@ class ClipStepSpec:
         return CLIP(self.clip, dtype=jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32)
 
     def optimizer(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
-        return make_optimizer(self.learning_rate, self.num_steps, self.warmup_steps, self.weight_decay,
-                              self.grad_clip, weight_decay_mask=decay_mask)
+        """AdamW as the DDPM's, with the temperature clamped after each update."""
+        adamw, schedule = make_optimizer(self.learning_rate, self.lr_decay_steps, self.warmup_steps,
+                                         self.weight_decay, self.grad_clip, weight_decay_mask=decay_mask)
+        return optax.chain(adamw, clamp_logit_scale()), schedule
 
 
 def clip_loss_fn(model: CLIP, params: dict, batch: Batch) -> tuple[jax.Array, Metrics]:

@@ -3,9 +3,9 @@
 `train_clip_and_evaluate(config)` is the whole run (the CLI only parses flags and calls it):
 check the workdir and export directory, train a CLIP-format BPE tokenizer on the training
 captions, train a small CLIP from scratch with the shared loop (checkpoints, resume, SIGTERM,
-divergence guard), score its EMA and raw parameters on the test split, and save the better in
-the Hugging Face layout, which `transformers.CLIPModel.from_pretrained` and the DDPM trainer's
-`--clip_model` read.
+divergence guard), choose its EMA or raw parameters on validation images, score both on the
+test split, and save the chosen in the Hugging Face layout, which
+`transformers.CLIPModel.from_pretrained` and the DDPM trainer's `--clip_model` read.
 """
 from __future__ import annotations
 
@@ -28,11 +28,12 @@ from clip_ddpm.clip.tokenizer import (
     tokenize,
     train_clip_tokenizer,
 )
-from clip_ddpm.clip.train.config import MAX_LOGIT_SCALE, ClipTrainConfig
+from clip_ddpm.clip.train.config import ClipTrainConfig
 from clip_ddpm.clip.train.evaluation import evaluate_clip, format_table
 from clip_ddpm.clip.train.init import mimetic_vision_attention, sincos_vision_positions
 from clip_ddpm.clip.train.step import ClipStepSpec, make_clip_train_step
 from clip_ddpm.clip.weights import save_clip
+from clip_ddpm.data import ImageDataset
 from clip_ddpm.errors import UserError
 from clip_ddpm.models.clip import (
     CLIPConfig,
@@ -58,7 +59,8 @@ EVAL_FILENAME = "eval.json"
 class ClipTrainResult(TrainResult):
     """The DDPM trainer's result plus the evaluation and what was exported."""
 
-    evaluation: dict[str, dict[str, float]] | None = None  # {"ema": {...}, "raw": {...}}
+    evaluation: dict[str, dict[str, float]] | None = None  # test scores: {"ema": {...}, "raw": {...}}
+    validation: dict[str, dict[str, float]] | None = None  # the same on the validation images
     exported: str | None = None  # directory of the saved model
     exported_params: str | None = None  # "ema" or "raw"
 
@@ -142,17 +144,27 @@ def _local_copy(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def exportable_params(params: dict) -> dict:
-    """Parameters as the model was trained: the temperature clipped to the loss's cap, so
-    transformers' logits equal those the loss saw."""
-    params = dict(params)
-    params["logit_scale"] = np.minimum(params["logit_scale"], np.float32(math.log(MAX_LOGIT_SCALE)))
-    return params
+def load_validation(config: ClipTrainConfig, train: ImageDataset) -> ImageDataset:
+    """The images the exported parameters are chosen on, never the test images.
+
+    A procedural source renders fresh images of the training distribution (its "validation"
+    split, --eval_size of them). A fixed dataset has no unseen images to spare, so the choice
+    is made on the first --eval_size (default 1000) of this process's training images.
+    """
+    if config.dataset == "shapes":
+        return load_split(config, "validation", num_images=config.eval_size, whole=True)
+    return train.subset(np.arange(min(len(train), config.eval_size or 1000)), "-validation")
+
+
+def choose_exported(validation: dict[str, dict[str, float]]) -> str:
+    """The EMA parameters unless the raw ones classify the validation images strictly better
+    (short runs can go either way)."""
+    return "raw" if validation["raw"]["zero_shot_class"] > validation["ema"]["zero_shot_class"] else "ema"
 
 
 def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     """Trains (or resumes) the CLIP run in config.workdir; evaluates and exports it when done."""
-    mesh, is_chief, resumed = start_run(config)
+    config, mesh, is_chief, resumed = start_run(config)
     check_export_dir(config.export_path, resumed)
 
     train = load_split(config, "train")
@@ -165,7 +177,7 @@ def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     preprocess = PreprocessConfig.for_image_size(config.image_size)
     spec = ClipStepSpec(
         clip=clip_config, preprocess=preprocess, batch_size=config.batch_size, compute_dtype=config.dtype,
-        learning_rate=config.learning_rate, num_steps=config.num_steps, warmup_steps=config.warmup_steps,
+        learning_rate=config.learning_rate, lr_decay_steps=config.lr_decay_steps, warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay, grad_clip=config.grad_clip, ema_decay=config.ema_decay,
         random_flip=config.random_flip, random_shift=config.random_shift)
     optimizer, _ = spec.optimizer()
@@ -194,20 +206,24 @@ def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
         return result
 
     test = load_split(config, "test", num_images=config.eval_size, whole=True)
+    validation = load_validation(config, train)
     candidates = {"ema": _local_copy(loop.state.ema_params), "raw": _local_copy(loop.state.params)}
-    evaluation = {name: evaluate_clip(CLIPEncoder(clip_config, params, tokenizer, preprocess=preprocess,
-                                                  dtype=spec.model().dtype, batch_size=config.eval_batch_size,
-                                                  context_length=config.context_length), test)
-                  for name, params in candidates.items()}
-    # The EMA parameters unless the raw ones classify strictly better (short runs can go either way).
-    best = "raw" if evaluation["raw"]["zero_shot_class"] > evaluation["ema"]["zero_shot_class"] else "ema"
+    encoders = {name: CLIPEncoder(clip_config, params, tokenizer, preprocess=preprocess, dtype=spec.model().dtype,
+                                  batch_size=config.eval_batch_size, context_length=config.context_length)
+                for name, params in candidates.items()}
+    # Chosen on the validation images, reported on the test images, which play no part in it.
+    chosen_on = {name: evaluate_clip(encoder, validation) for name, encoder in encoders.items()}
+    evaluation = {name: evaluate_clip(encoder, test) for name, encoder in encoders.items()}
+    best = choose_exported(chosen_on)
     table = format_table(evaluation)
-    print(f"\nCLIP after {loop.step} steps on {test.name} ({len(test)} images); exported: {best}\n{table}",
-          flush=True)
+    print(f"\nCLIP after {loop.step} steps on {test.name} ({len(test)} images); exported: {best} "
+          f"(chosen on {validation.name})\n{table}", flush=True)
     with open(os.path.join(config.workdir, EVAL_FILENAME), "w", encoding="utf-8") as handle:
-        json.dump({"step": loop.step, "test_set": test.name, "exported": best, **evaluation}, handle, indent=1)
-    save_clip(config.export_path, clip_config, exportable_params(candidates[best]), tokenizer,
+        json.dump({"step": loop.step, "test_set": test.name, "validation_set": validation.name, "exported": best,
+                   **evaluation, "validation": chosen_on}, handle, indent=1)
+    save_clip(config.export_path, clip_config, candidates[best], tokenizer,
               preprocess=preprocess, overwrite=resumed)
     logging.info("CLIP saved in %s (%s parameters)", config.export_path, best)
-    result.evaluation, result.exported, result.exported_params = evaluation, config.export_path, best
+    result.evaluation, result.validation = evaluation, chosen_on
+    result.exported, result.exported_params = config.export_path, best
     return result

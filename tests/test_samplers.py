@@ -8,11 +8,16 @@ variance computed here in float64, step by step, from the papers' formulas in th
 
 1. the samplers' samples have that mean and variance within a stated statistical tolerance
    (5 standard errors, 4096 samples of 48 pixels each);
-2. that law is close to N(μ, s²): within 2% for DDPM with all T steps. DDIM with 50 steps is a
-   coarse discretisation: even with the exact predictor it loses 5-21% of the variance here (each
-   step replaces the posterior of x0 by its mean; more for narrower data and for eta = 1), and on the linear schedule its deterministic ODE keeps
-   the prior mismatch of x_T ~ N(0, I) where the data's x_T has mean sqrt(ᾱ_T) μ (ᾱ_T = 0.018):
-   up to 7% of s in the mean. The bounds below state these.
+2. that law is close to N(μ, s²): within 1% of s in the mean and 2% in the variance for DDPM
+   with all T steps. DDIM with 50 steps is a coarse discretisation: even with the exact
+   predictor it loses 5-21% of the variance here (each step replaces the posterior of x0 by its
+   mean; more for narrower data and for eta = 1), and on the linear schedule its deterministic
+   ODE keeps the prior mismatch of x_T ~ N(0, I) where the data's x_T has mean sqrt(ᾱ_T) μ
+   (ᾱ_T = 0.018): up to 7% of s in the mean. The bounds below state these.
+
+A sampler with one wrong coefficient (half the ε coefficient of the DDPM mean, β for sqrt(β)
+as the DDPM noise scale, ᾱ_t for ᾱ_prev in DDIM's direction term, or DDIM's σ without its
+second factor) fails claim 1.
 """
 from __future__ import annotations
 
@@ -184,8 +189,8 @@ def test_clipped_ddpm_step_is_the_posterior_mean_of_the_clipped_estimate():
     eps = rng.normal(size=x_t.shape).astype(np.float32)
     noise = rng.normal(size=x_t.shape).astype(np.float32)
     t = np.array([0, 1, 50, 99])
-    got = diffusion.ddpm_step(schedule, jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(eps), jnp.asarray(noise),
-                              clip_denoised=True)
+    got = diffusion.ddpm_step(schedule, jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(eps),
+                              jnp.asarray(noise), clip_denoised=True)
     for i, ti in enumerate(t):
         x0 = np.clip((x_t[i] - np.sqrt(1 - abar[ti]) * eps[i]) / np.sqrt(abar[ti]), -1, 1)
         abar_prev = abar[ti - 1] if ti > 0 else 1.0

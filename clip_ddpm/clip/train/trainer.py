@@ -177,9 +177,9 @@ def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     preprocess = PreprocessConfig.for_image_size(config.image_size)
     spec = ClipStepSpec(
         clip=clip_config, preprocess=preprocess, batch_size=config.batch_size, compute_dtype=config.dtype,
-        learning_rate=config.learning_rate, lr_decay_steps=config.lr_decay_steps, warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay, grad_clip=config.grad_clip, ema_decay=config.ema_decay,
-        random_flip=config.random_flip, random_shift=config.random_shift)
+        learning_rate=config.learning_rate, lr_decay_steps=config.lr_decay_steps,
+        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+        ema_decay=config.ema_decay, random_flip=config.random_flip, random_shift=config.random_shift)
     optimizer, _ = spec.optimizer()
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
 

@@ -18,7 +18,7 @@ from clip_ddpm.errors import UserError
 from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.training.flags import read_flagfile
 from clip_ddpm.training.train_state import make_optimizer
-from clip_ddpm.training.workdir import RunInfo, write_run_info
+from clip_ddpm.training.workdir import RunInfo, write_atomically, write_run_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "experiments", "configs", "smoke.cfg")
@@ -107,6 +107,10 @@ def test_run_info_is_replaced_atomically(smoke_run):
     broken = RunInfo(context_dim=36, class_names=("red circle", object()), condition="class")
     with pytest.raises(TypeError):
         write_run_info(str(workdir), broken)
+    assert (workdir / "run_info.json").read_text() == before
+    # Text that fails while it is being written (a lone surrogate has no UTF-8 form).
+    with pytest.raises(UnicodeEncodeError):
+        write_atomically(str(workdir / "run_info.json"), '{"context_dim": 36, "class_names": ["\ud800"]}')
     assert (workdir / "run_info.json").read_text() == before
     assert not (workdir / "run_info.json.tmp").exists()
 

@@ -139,7 +139,7 @@ def test_failed_start_overwrites_nothing(smoke_run):
     before = {name: (workdir / name).read_bytes() for name in ("flags.txt", "run_info.json", "metrics.jsonl")}
     steps_before = sorted(os.listdir(workdir / "checkpoints"))
     with pytest.raises(UserError, match="holds a run with different settings"):
-        train_and_evaluate(smoke_config(workdir, learning_rate=0.5))
+        train_and_evaluate(smoke_config(workdir, weight_decay=0.5))
     with pytest.raises(UserError, match="context_file"):
         train_and_evaluate(smoke_config(workdir, condition="embedding", context_file="/nonexistent.npy"))
     after = {name: (workdir / name).read_bytes() for name in before}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -14,17 +15,13 @@ import jax
 import numpy as np
 import pytest
 from test_multihost import saved_state
-from test_train_cli import SMOKE, smoke_config
-from trainer_process import finish, start
+from trainer_process import STEADY, finish, start, steady_flags, steady_reference
 
-from clip_ddpm.ddpm.trainer import train_and_evaluate
 from clip_ddpm.training.run_lock import LOCK_FILENAME
 
-STEPS = 10  # smoke.cfg saves every 3 steps and keeps 3 checkpoints: 6, 9 and 10 at the end
-
-
-def _flags(workdir, *extra):
-    return [f"--flagfile={SMOKE}", f"--workdir={workdir}", f"--num_steps={STEPS}", *extra]
+# smoke.cfg saves every 3 steps and keeps 3 checkpoints: 6, 9 and 10 at the end.
+STEPS = STEADY["num_steps"]
+_flags = steady_flags
 
 
 def _assert_equal_states(a, b):
@@ -35,12 +32,9 @@ def _assert_equal_states(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted():
     """The run never stopped (in this process, 4 devices like the subprocesses)."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = train_and_evaluate(smoke_config(workdir, num_steps=STEPS))
-    assert result.step == STEPS
-    return workdir
+    return pathlib.Path(steady_reference())
 
 
 def test_preempted_then_killed_then_finished_equals_the_uninterrupted_run(tmp_path, uninterrupted):

@@ -10,10 +10,9 @@ import re
 
 import jax
 import numpy as np
-from test_train_cli import SMOKE, smoke_config
-from trainer_process import finish, free_port, start
+import pytest
+from trainer_process import STEADY, finish, free_port, start, steady_flags, steady_reference
 
-from clip_ddpm.ddpm.trainer import train_and_evaluate
 from clip_ddpm.training.checkpoints import Checkpoints
 
 # The device-count test's tolerance (tests/test_parallel.py).
@@ -21,8 +20,10 @@ ATOL = 1e-5
 # Two processes sum gradients in another order than one, so a gradient that is zero in exact
 # arithmetic (a convolution bias before GroupNorm) comes out as different rounding noise of
 # about 1e-9; Adam with its default epsilon (1e-8) turns that noise into a full step of either
-# sign. With epsilon 1e-3 noise stays noise, and the runs must agree as the device-count test's do.
-ADAM_EPS = 1e-3
+# sign (measured: 5e-4 apart after 10 steps). With epsilon 1e-3 noise stays noise, and with a
+# learning rate of 1e-4 ten steps do not amplify rounding differences past the device-count
+# test's tolerance (measured: 1.5e-5 apart at the default 1e-3, at the end of its warm-up).
+OPTIMIZER = {"adam_eps": STEADY["adam_eps"], "learning_rate": STEADY["learning_rate"]}
 
 
 def saved_state(workdir, step=None):
@@ -73,8 +74,7 @@ def two_process_job(module, flags, options=((), ())):
 
 def test_two_processes_train_as_one_and_stop_together_on_sigterm(tmp_path):
     workdir = tmp_path / "run"
-    flags = [f"--flagfile={SMOKE}", f"--workdir={workdir}", "--num_steps=10", "--sample_every=1",
-             f"--adam_eps={ADAM_EPS}"]
+    flags = steady_flags(workdir, "--sample_every=1")
     slices = [tmp_path / f"slice{i}.json" for i in range(2)]
     # Process 1 (not the chief) is preempted after its fourth step.
     first = two_process_job("clip_ddpm.train", flags, [(f"--record_slice={slices[0]}",),
@@ -97,10 +97,8 @@ def test_two_processes_train_as_one_and_stop_together_on_sigterm(tmp_path):
     for status, output in second:
         assert status == 0, output[-3000:]
         assert f"resumed from the checkpoint of step {stop}" in output
-    reference = train_and_evaluate(smoke_config(tmp_path / "one_process", num_steps=10, adam_eps=ADAM_EPS))
-    assert reference.step == 10
     step_two, two = saved_state(workdir)
-    step_one, one = saved_state(tmp_path / "one_process")
+    step_one, one = saved_state(steady_reference())
     assert step_two == step_one == 10
     assert_states_close(two, one, ATOL)
 
@@ -110,8 +108,7 @@ def test_two_processes_train_clip_as_one(tmp_path):
 
     from clip_ddpm.clip.train.trainer import train_clip_and_evaluate
 
-    settings = {**TINY, "num_steps": 6, "log_every": 2, "checkpoint_every": 3, "eval_size": 36,
-                "adam_eps": ADAM_EPS}
+    settings = {**TINY, "num_steps": 6, "log_every": 2, "checkpoint_every": 3, "eval_size": 36, **OPTIMIZER}
     workdir = tmp_path / "run"
     flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in settings.items()] + [f"--workdir={workdir}"]
     slices = [tmp_path / f"slice{i}.json" for i in range(2)]
@@ -127,3 +124,74 @@ def test_two_processes_train_clip_as_one(tmp_path):
     step_one, one = saved_state(reference)
     assert step_two == step_one == 6
     assert_states_close(two, one, ATOL)
+
+
+def test_grid_contexts_are_the_same_on_every_process(monkeypatch):
+    """Each process holds a slice of the dataset; the grid's columns (the first image of each
+    class in the whole dataset) must come out the same everywhere. Two processes are simulated
+    here by answering each one's gathers with both slices' values."""
+    from clip_ddpm.data import shapes
+    from clip_ddpm.ddpm import contexts as context_lib
+
+    whole = shapes.load("train", image_size=16, num_images=60)
+    vectors = np.random.default_rng(0).standard_normal((60, 5)).astype(np.float32)
+    halves = [shapes.load("train", image_size=16, num_images=60, process_index=i, process_count=2) for i in range(2)]
+    sources = [context_lib.ContextSource("vectors", 5, vectors=vectors[30 * i:30 * (i + 1)]) for i in range(2)]
+
+    def calls_of(process):  # what one process contributes to each gather, in order
+        seen = []
+        monkeypatch.setattr(context_lib, "gather_from_processes", lambda value: seen.append(value) or value[None])
+        sources[process].grid_contexts(halves[process], columns=8)
+        return seen
+
+    contributions = [calls_of(0), calls_of(1)]
+    picked = []
+    for process in range(2):
+        answers = iter(np.stack(pair) for pair in zip(*contributions))
+        monkeypatch.setattr(context_lib, "gather_from_processes", lambda value: next(answers))
+        monkeypatch.setattr(context_lib.jax, "process_index", lambda: process)
+        picked.append(sources[process].grid_contexts(halves[process], columns=8)[0])
+    monkeypatch.undo()
+    expected, _ = context_lib.ContextSource("vectors", 5, vectors=vectors).grid_contexts(whole, columns=8)
+    np.testing.assert_array_equal(picked[0], picked[1])
+    np.testing.assert_array_equal(picked[0], expected)
+    assert len(expected) == 8
+
+
+def test_a_caption_too_long_on_one_host_stops_both(tmp_path):
+    """Only process 1's slice holds the over-long caption: the check is decided over both slices,
+    so both stop with the same error instead of one waiting for the other forever."""
+    from PIL import Image
+
+    root = tmp_path / "pictures"
+    rows = ["file,caption"]
+    for name, colour in (("red", (200, 20, 20)), ("blue", (20, 20, 200))):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (12, 12), colour).save(root / name / f"{i}.png")
+            rows.append(f"{name}/{i}.png,a {name} square")
+    # red/6.png is in the training split (every 4th file of a class is held out) and in process 1's half.
+    rows[rows.index("red/6.png,a red square")] = "red/6.png," + " ".join(["a very long caption"] * 10)
+    (root / "captions.csv").write_text("\n".join(rows) + "\n")
+    flags = [f"--workdir={tmp_path / 'run'}", f"--dataset=folder:{root}", "--test_fraction=0.25", "--image_size=8",
+             "--patch_size=4", "--batch_size=4", "--context_length=12", "--vision_width=32", "--text_width=32"]
+    results = two_process_job("clip_ddpm.train_clip", flags)
+    errors = [[line for line in output.splitlines() if line.startswith("error:")] for _, output in results]
+    assert [status for status, _ in results] == [2, 2], [output[-2000:] for _, output in results]
+    assert errors[0] == errors[1] and len(errors[0]) == 1, errors
+    assert "the longest caption has" in errors[0][0] and "--context_length=12" in errors[0][0]
+
+
+def test_uneven_slices_are_cut_to_a_common_multiple_of_the_local_devices(monkeypatch):
+    """Slices of 131 and 130 images on hosts of 4 devices each: a global array sharded along 'data'
+    needs as many rows from each host, a multiple of 4, so both keep 128 (simulated hosts)."""
+    from clip_ddpm.errors import UserError
+    from clip_ddpm.training import parallel
+
+    monkeypatch.setattr(parallel.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(parallel, "gather_from_processes", lambda value: np.array([131, 130]))
+    assert jax.local_device_count() == 4
+    assert parallel.rows_per_process(131) == parallel.rows_per_process(130) == 128
+    parallel.check_dataset_fits_batch(131, 256)
+    with pytest.raises(UserError, match=r"--batch_size=264 is larger than the dataset \(256 images\)"):
+        parallel.check_dataset_fits_batch(131, 264)

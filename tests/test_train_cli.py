@@ -140,6 +140,11 @@ def test_failed_start_overwrites_nothing(smoke_run):
     steps_before = sorted(os.listdir(workdir / "checkpoints"))
     with pytest.raises(UserError, match="holds a run with different settings"):
         train_and_evaluate(smoke_config(workdir, weight_decay=0.5))
+    # Another image size or model width than the run being resumed.
+    with pytest.raises(UserError, match=r"different settings \(--image_size: saved 16, requested 24\)"):
+        train_and_evaluate(smoke_config(workdir, image_size=24))
+    with pytest.raises(UserError, match=r"different settings \(--down_chs: saved \(32, 32, 64\), requested"):
+        train_and_evaluate(smoke_config(workdir, down_chs=(64, 64, 128)))
     with pytest.raises(UserError, match="context_file"):
         train_and_evaluate(smoke_config(workdir, condition="embedding", context_file="/nonexistent.npy"))
     after = {name: (workdir / name).read_bytes() for name in before}
@@ -153,9 +158,11 @@ def _cli(*args):
 
 def test_cli_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
     missing = _cli("clip_ddpm.train", f"--flagfile={tmp_path / 'missing.cfg'}")
-    assert missing.returncode != 0 and "Unable to open flagfile" in missing.stderr.splitlines()[0]
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert missing.stderr.startswith("error: Unable to open flagfile")
     bad_enum = _cli("clip_ddpm.train", f"--flagfile={SMOKE}", "--condition=bogus")
-    assert bad_enum.returncode != 0 and "--condition=bogus" in bad_enum.stderr.splitlines()[0]
+    assert bad_enum.returncode == 2 and len(bad_enum.stderr.strip().splitlines()) == 1
+    assert bad_enum.stderr.startswith("error: flag --condition=bogus")
     no_ckpt = _cli("clip_ddpm.sample", f"--workdir={tmp_path}")
     assert no_ckpt.returncode == 2
     assert no_ckpt.stderr.strip().splitlines() == [f"error: no flag file at {tmp_path}/flags.txt"]

@@ -18,6 +18,8 @@ and this checkout first on the path.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -30,6 +32,37 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+SMOKE = os.path.join(REPO, "experiments", "configs", "smoke.cfg")
+# The settings of the reference run below, shared by every test that compares with it so that
+# they compile its program once. Adam's epsilon 1e-3 and a learning rate of 1e-4 keep rounding
+# differences between device layouts from growing (see tests/test_multihost.py).
+STEADY = {"num_steps": 10, "learning_rate": 1e-4, "adam_eps": 1e-3}
+
+
+def steady_flags(workdir, *extra: str) -> list[str]:
+    """The command-line flags of the reference run, in `workdir`."""
+    return [f"--flagfile={SMOKE}", f"--workdir={workdir}", *(f"--{k}={v}" for k, v in STEADY.items()), *extra]
+
+
+@functools.lru_cache(maxsize=None)
+def steady_reference() -> str:
+    """The workdir of smoke.cfg trained with STEADY, never stopped, in this process (4 devices):
+    trained once per test session, read by every test that compares with it."""
+    import atexit
+    import shutil
+
+    from clip_ddpm.ddpm.config import Config
+    from clip_ddpm.ddpm.trainer import train_and_evaluate
+    from clip_ddpm.training.flags import read_flagfile
+
+    root = tempfile.mkdtemp(prefix="steady_reference_")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    workdir = os.path.join(root, "run")
+    config = dataclasses.replace(read_flagfile(SMOKE, Config), workdir=workdir, **STEADY)
+    assert train_and_evaluate(config).step == STEADY["num_steps"]
+    return workdir
 
 
 def free_port() -> int:

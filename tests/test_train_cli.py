@@ -54,15 +54,16 @@ def test_smoke_config_trains_end_to_end(smoke_run):
 
 
 def test_resume_gives_the_params_of_an_uninterrupted_run(tmp_path):
-    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
-    first = train_and_evaluate(smoke_config(interrupted, num_steps=8, checkpoint_every=100), stop_at=4)
+    from trainer_process import STEADY, steady_reference
+
+    interrupted = tmp_path / "interrupted"
+    first = train_and_evaluate(smoke_config(interrupted, **STEADY, checkpoint_every=100), stop_at=4)
     assert first.preempted and first.step == 4
     assert sorted(os.listdir(interrupted / "checkpoints")) == ["4"]
-    train_and_evaluate(smoke_config(interrupted, num_steps=8, checkpoint_every=100))
-    train_and_evaluate(smoke_config(straight, num_steps=8, checkpoint_every=100))
+    train_and_evaluate(smoke_config(interrupted, **STEADY, checkpoint_every=100))
     step_a, a = _saved_params(interrupted)
-    step_b, b = _saved_params(straight)
-    assert step_a == step_b == 8
+    step_b, b = _saved_params(steady_reference())  # the same run, never stopped
+    assert step_a == step_b == STEADY["num_steps"]
     leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert len(leaves_a) == len(leaves_b) > 0
     for x, y in zip(leaves_a, leaves_b):

@@ -8,11 +8,15 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["clip_ddpm", "clip_ddpm.*"]),
     install_requires=[
-        "jax>=0.6",
-        "flax>=0.10",
-        "optax",
-        "orbax-checkpoint",
-        "transformers>=4.40",
+        # What the code and its tests are written against: jax 0.10 (CPU tests) and 0.11 (GPU);
+        # orbax's CheckpointManager API of 0.12; transformers 5 (its configs, tokenizers and the
+        # PIL CLIPImageProcessor; the parity tests use its PyTorch CLIPModel).
+        "jax>=0.10.2,<0.12",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12",
+        "transformers>=5.0,<6",
+        "huggingface_hub",
         "safetensors",
         "tokenizers",
         "tensorflow-cpu",

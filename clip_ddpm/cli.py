@@ -25,6 +25,26 @@ def quiet_library_logs() -> None:
     logging.set_verbosity(logging.INFO)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad command line (an unknown flag, a value of the wrong type,
+    a flagfile that is missing or unreadable) reported as one `error:` line and exit status 2."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        message = " ".join(str(error).split()).replace("ERROR:: ", "")
+        exit_with_error(f"{message} (see --helpshort)")
+
+
+def run_app(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+    """What `if __name__ == "__main__"` of every entry point does: absl's app.run with
+    `parse_flags`."""
+    from absl import app
+
+    app.run(main, argv=argv, flags_parser=parse_flags)
+
+
 def run_command(argv: list[str], command: Callable[[], object]) -> None:
     """The body of every entry point's main(): refuse stray arguments, hide the libraries' INFO
     chatter, and report a UserError as one line with exit status 2."""

@@ -7,9 +7,9 @@ The dataset flags mean what they mean for clip_ddpm.train, so training finds thi
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from clip_ddpm.cli import run_command
+from clip_ddpm.cli import run_app, run_command
 
 
 def main(argv: list[str]) -> None:
@@ -17,8 +17,9 @@ def main(argv: list[str]) -> None:
 
     f = flags.FLAGS
     request = EmbedRequest(
-        clip_model=f.clip_model or "", dataset=f.dataset, split=f.split, image_size=f.image_size,
-        dataset_size=f.dataset_size, seed=f.seed, holdout_pairs=tuple(p.strip() for p in f.holdout_pairs),
+        clip_model=f.clip_model or "", clip_revision=f.clip_revision, dataset=f.dataset, split=f.split,
+        image_size=f.image_size, dataset_size=f.dataset_size, seed=f.seed,
+        holdout_pairs=tuple(p.strip() for p in f.holdout_pairs),
         tfds_data_dir=f.tfds_data_dir, cache_dir=f.cache_dir, kinds=tuple(k.strip() for k in f.kind),
         shard_size=f.shard_size, batch_size=f.batch_size)
     run_command(argv, lambda: embed_dataset(request))
@@ -35,6 +36,7 @@ def define_flags() -> None:
     flags.DEFINE_list("holdout_pairs", [], "Shapes classes left out of training (as in training).")
     flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (empty: the tfds default).")
     flags.DEFINE_string("clip_model", None, "CLIP: a hub id (openai/clip-vit-base-patch32) or a local directory.")
+    flags.DEFINE_string("clip_revision", "", "With a hub id: the branch, tag or commit to use (empty: main).")
     flags.DEFINE_string("cache_dir", "", "Cache root (empty: $CLIP_DDPM_CACHE, else ~/.cache/clip_ddpm).")
     flags.DEFINE_list("kind", ["image"], "What to embed: image, text (the captions), or both.")
     flags.DEFINE_integer("shard_size", 1024, "Embeddings per .npy shard (the unit of resumption).")
@@ -43,4 +45,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_app(main)

@@ -5,9 +5,9 @@ checkpoint and writes a PNG grid (one row per --guidance weight) plus an .npz of
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from clip_ddpm.cli import run_command
+from clip_ddpm.cli import run_app, run_command
 
 flags.DEFINE_string("workdir", None, "Run directory written by clip_ddpm.train.")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
@@ -38,4 +38,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -9,9 +9,9 @@ will not work either.
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from clip_ddpm.cli import run_command
+from clip_ddpm.cli import run_app, run_command
 
 
 def main(argv: list[str]) -> None:
@@ -35,4 +35,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_app(main)

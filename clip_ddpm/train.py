@@ -5,9 +5,9 @@ Trains the context-conditioned DDPM. The command line only parses flags and call
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from clip_ddpm.cli import trainer_main
+from clip_ddpm.cli import run_app, trainer_main
 from clip_ddpm.ddpm.config import Config
 from clip_ddpm.training.flags import define_flags
 
@@ -15,4 +15,4 @@ define_flags(flags.FLAGS, Config)
 main = trainer_main(Config, "clip_ddpm.ddpm.trainer:train_and_evaluate")
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -6,9 +6,9 @@ the DDPM trainer's --clip_model. The command line only parses flags and calls
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from clip_ddpm.cli import trainer_main
+from clip_ddpm.cli import run_app, trainer_main
 from clip_ddpm.clip.train.config import ClipTrainConfig
 from clip_ddpm.training.flags import define_flags
 
@@ -16,4 +16,4 @@ define_flags(flags.FLAGS, ClipTrainConfig)
 main = trainer_main(ClipTrainConfig, "clip_ddpm.clip.train.trainer:train_clip_and_evaluate")
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

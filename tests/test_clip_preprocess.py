@@ -1,6 +1,8 @@
 """CLIP image preprocessing against transformers' CLIPImageProcessor (its PIL backend)."""
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,28 @@ def test_config_read_from_a_saved_preprocessor_config(tmp_path, shortest_edge, c
     images = np.stack([_noise((45, 61, 3), seed=s) for s in range(3)])  # one [N, H, W, 3] array
     np.testing.assert_allclose(preprocess_images(images, config), _reference(list(images), **kwargs),
                                rtol=0, atol=PIL_TOL)
+
+
+@pytest.mark.parametrize("config_json", [
+    {"size": {"height": 40, "width": 28}, "crop_size": {"height": 24, "width": 24}},
+    {"size": {"height": 20, "width": 30}},  # no crop_size: transformers' default, 224 (padded)
+])
+def test_exact_height_width_resize_and_default_crop_match_clip_image_processor(tmp_path, config_json):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "CLIPImageProcessor", **config_json}))
+    config = PreprocessConfig.load(tmp_path, image_size=32)
+    processor = transformers.CLIPImageProcessorPil.from_pretrained(str(tmp_path))
+    assert config.resize_to == (config_json["size"]["height"], config_json["size"]["width"])
+    assert config.crop_size == processor.crop_size["height"] == config_json.get("crop_size", {}).get("height", 224)
+    images = [_noise((h, w, 3), seed=i) for i, (h, w) in enumerate(SIZES[:4])]
+    reference = processor(images=images, return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(preprocess_images(images, config), reference, rtol=0, atol=PIL_TOL)
+    same_size = np.stack(images[1:2] * 2)  # the on-device path too
+    assert np.abs(np.asarray(preprocess_images_jax(jnp.asarray(same_size), config)) - reference[1]).max() <= JAX_TOL
+    # Written back the same way, so transformers reads what we use.
+    (tmp_path / "again").mkdir()
+    config.save(tmp_path / "again")
+    assert PreprocessConfig.load(tmp_path / "again", image_size=32) == config
 
 
 def test_missing_preprocessor_config_means_openai_defaults(tmp_path):

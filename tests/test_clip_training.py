@@ -205,6 +205,28 @@ def test_resume_after_preemption_equals_the_uninterrupted_run(trained, tmp_path,
         np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
 
 
+def test_resume_after_kill_9_equals_the_uninterrupted_run(trained, tmp_path):
+    """A real process killed with SIGKILL mid-run (after its first checkpoint), then the same command
+    again: it resumes from that checkpoint and exports exactly what the uninterrupted run did."""
+    from trainer_process import finish, start
+
+    workdir, result = trained
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in TINY.items()]
+    flags += [f"--workdir={tmp_path / 'run'}", f"--tokenizer={workdir / 'tokenizer'}"]
+    [(status, output)] = finish([start("clip_ddpm.train_clip", flags, ("--signal=45:KILL",))])
+    assert status == -signal.SIGKILL, output[-3000:]
+    assert not (tmp_path / "run" / "clip").exists()
+    [(status, output)] = finish([start("clip_ddpm.train_clip", flags)])
+    assert status == 0, output[-3000:]
+    assert "resumed from the checkpoint of step 30" in output and "taking over the stale lock" in output
+    from safetensors.numpy import load_file
+    ours = load_file(str(tmp_path / "run" / "clip" / "model.safetensors"))
+    reference = load_file(str(workdir / "clip" / "model.safetensors"))
+    assert ours.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_bad_input_is_one_clear_error(tmp_path, trained):
@@ -218,8 +240,8 @@ def test_bad_input_is_one_clear_error(tmp_path, trained):
     with pytest.raises(UserError, match="not divisible by the 4 devices"):
         clip_training.train_clip_and_evaluate(tiny_config(tmp_path / "odd", batch_size=6))
     # A different run in the workdir: other settings of ours, or another trainer's flags.
-    with pytest.raises(UserError, match="holds a run with different settings.*learning_rate"):
-        clip_training.train_clip_and_evaluate(tiny_config(workdir, learning_rate=1e-4))
+    with pytest.raises(UserError, match="holds a run with different settings.*weight_decay"):
+        clip_training.train_clip_and_evaluate(tiny_config(workdir, weight_decay=0.3))
     ddpm_run = tmp_path / "ddpm"
     ddpm_run.mkdir()
     write_flags(Config(workdir=str(ddpm_run)))

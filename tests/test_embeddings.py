@@ -94,7 +94,7 @@ def test_interrupted_build_resumes_to_the_straight_result(tmp_path, monkeypatch,
         build_embeddings(shapes, encoder, "image", resumed_dir, shard_size=3)
     manifest = json.loads((resumed_dir / "manifest.json").read_text())
     assert manifest["finished_shards"] == [0, 1] and manifest["num_shards"] == 4
-    assert sorted(p.name for p in resumed_dir.glob("*.npy")) == ["shard_00000.npy", "shard_00001.npy"]
+    assert sorted(p.name for p in resumed_dir.glob("shard_*.npy")) == ["shard_00000.npy", "shard_00001.npy"]
     with pytest.raises(EmbeddingCacheError, match="unfinished"):
         load_embeddings(resumed_dir)
 
@@ -157,7 +157,7 @@ def test_default_location_and_manifest(tmp_path, monkeypatch, encoder, shapes):
     assert str(embeddings.cache_root()).endswith(".cache/clip_ddpm")
 
     vectors, folder = embeddings.cached_embeddings(shapes, encoder, "image", tmp_path / "root")
-    assert folder == (tmp_path / "root" / "clip_cache" / f"shapes-train-16px-seed0-n10-{encoder.weights_hash[:16]}"
+    assert folder == (tmp_path / "root" / "clip_cache" / f"shapes-train-16px-seed0-n10-{encoder.fingerprint[:16]}"
                       / "image")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert {k: manifest[k] for k in ("dataset", "split", "count", "kind", "embedding_dim", "dtype",
@@ -192,3 +192,55 @@ def test_embed_command_builds_what_training_reads_and_refuses_a_foreign_cache(tm
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: embedding cache") and "data_sha256" in lines[0], lines
+
+
+def test_text_cache_key_ignores_the_tokenizer_settings_that_using_it_rewrites(tmp_path, encoder, shapes):
+    backend = encoder.tokenizer.backend_tokenizer
+    before_state, before_key = backend.to_str(), embeddings.tokenizer_sha256(encoder.tokenizer)
+    first = build_embeddings(shapes, encoder, "text", tmp_path / "text")  # pads and truncates
+    encoder.tokenizer(["a red circle"], padding="max_length", max_length=7, truncation=True)
+    assert backend.to_str() != before_state  # the serialised state did change (the old key did too)
+    assert embeddings.tokenizer_sha256(encoder.tokenizer) == before_key
+    again = build_embeddings(shapes, encoder, "text", tmp_path / "text")  # a second build in one process
+    np.testing.assert_array_equal(again, first)
+
+
+def test_cache_key_and_run_check_cover_the_clip_config_and_compute_dtype(tmp_path, clip_dir, encoder, shapes):
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from clip_ddpm.training.workdir import check_same_clip
+
+    config, params, tokenizer = clip_weights.load_clip(clip_dir)
+    other_eps = dataclasses.replace(config, text=dataclasses.replace(config.text, layer_norm_eps=1e-3))
+    variants = {"config": CLIPEncoder(other_eps, params, tokenizer, name=str(clip_dir)),
+                "dtype": CLIPEncoder(config, params, tokenizer, name=str(clip_dir), dtype=jnp.bfloat16)}
+    folders = {embeddings.cached_embeddings(shapes, encoder, "text", tmp_path)[1]}
+    trained = (encoder.weights_hash, encoder.fingerprint)
+    for what, variant in variants.items():
+        assert variant.weights_hash == encoder.weights_hash and variant.fingerprint != encoder.fingerprint
+        folders.add(embeddings.cached_embeddings(shapes, variant, "text", tmp_path)[1])
+        with pytest.raises(UserError, match="another config or compute dtype"):
+            check_same_clip(trained, str(clip_dir), variant.weights_hash, variant.fingerprint)
+    assert len(folders) == 3  # three caches, none refused as "other embeddings" nor mixed up
+    manifest = json.loads((sorted(folders)[0] / "manifest.json").read_text())
+    assert {"clip_config_sha256", "compute_dtype"} <= set(embeddings.IDENTITY_FIELDS) <= set(manifest)
+    check_same_clip(trained, str(clip_dir), encoder.weights_hash, encoder.fingerprint)
+    check_same_clip((encoder.weights_hash, ""), str(clip_dir), encoder.weights_hash, "x")  # older record
+
+
+def test_a_process_slice_reads_its_rows_from_the_whole_split_cache(tmp_path, monkeypatch, encoder):
+    """What `clip_ddpm.embed` writes (the whole split) serves every process of a multi-host run,
+    each holding only its slice, without computing anything."""
+    whole = load_dataset("shapes", split="train", image_size=16, num_images=10)
+    vectors, _ = embeddings.cached_embeddings(whole, encoder, "image", tmp_path)
+    second_half = load_dataset("shapes", split="train", image_size=16, num_images=10, process_index=1,
+                               process_count=2)
+    assert second_half.name != whole.name and len(second_half) == 5
+    monkeypatch.setattr(embeddings, "jax", type("TwoProcesses", (), {"process_index": staticmethod(lambda: 1),
+                                                                     "process_count": staticmethod(lambda: 2)}))
+    monkeypatch.setattr(encoder, "encode_images", lambda *a, **k: pytest.fail("embedded again"))
+    rows, folder = embeddings.cached_embeddings(second_half, encoder, "image", tmp_path)
+    assert folder.parent.name.startswith(whole.name)
+    np.testing.assert_array_equal(rows, vectors[5:])

@@ -118,3 +118,29 @@ def test_bad_captions_file_and_dispatch(image_root):
     (image_root / "captions.csv").write_text("path;text\nbanana/b1.jpg;x\n")
     with pytest.raises(DatasetError, match="'file' and 'caption'"):
         folder.load(str(image_root))
+
+
+def test_sixteen_bit_greyscale_pngs_keep_their_tones(tmp_path):
+    root = tmp_path / "scans"
+    (root / "xray").mkdir(parents=True)
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)  # black to white
+    Image.fromarray(ramp).save(root / "xray" / "ramp.png")
+    assert Image.open(root / "xray" / "ramp.png").mode == "I;16"
+    image = folder.load(str(root), image_size=32).images[0]
+    # Each 8-bit grey level is the 16-bit one divided by 257 (PIL's own conversion clips at 255,
+    # which left 255/256 of the range white).
+    expected = np.round(ramp / 257.0).astype(np.uint8)
+    assert np.abs(image[..., 0].astype(int) - expected).max() <= 1
+    assert (image[..., 0] == image[..., 2]).all() and image.mean() == pytest.approx(127.5, abs=2)
+
+
+def test_captions_file_with_a_byte_order_mark_and_rows_naming_missing_files(image_root, caplog):
+    (image_root / "captions.csv").write_text(
+        "\ufefffile,caption\nbanana/b1.jpg,a ripe banana\nbanana/gone.jpg,a lost banana\n"
+        "pears/p.jpg,a pear\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        ds = folder.load(str(image_root), image_size=8)
+    assert "a ripe banana" in ds.captions
+    warnings = [r.getMessage() for r in caplog.records if "caption row" in r.getMessage()]
+    assert len(warnings) == 1 and "2 caption row(s)" in warnings[0]
+    assert "banana/gone.jpg" in warnings[0] and "pears/p.jpg" in warnings[0]

@@ -58,15 +58,16 @@ def test_smoke_config_trains_end_to_end(smoke_run):
 
 
 def test_resume_gives_the_params_of_an_uninterrupted_run(tmp_path):
-    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
-    first = train_and_evaluate(smoke_config(interrupted, num_steps=8, checkpoint_every=100), stop_at=4)
+    from trainer_process import STEADY, steady_reference
+
+    interrupted = tmp_path / "interrupted"
+    first = train_and_evaluate(smoke_config(interrupted, **STEADY, checkpoint_every=100), stop_at=4)
     assert first.preempted and first.step == 4
     assert sorted(os.listdir(interrupted / "checkpoints")) == ["4"]
-    train_and_evaluate(smoke_config(interrupted, num_steps=8, checkpoint_every=100))
-    train_and_evaluate(smoke_config(straight, num_steps=8, checkpoint_every=100))
+    train_and_evaluate(smoke_config(interrupted, **STEADY, checkpoint_every=100))
     step_a, a = _saved_params(interrupted)
-    step_b, b = _saved_params(straight)
-    assert step_a == step_b == 8
+    step_b, b = _saved_params(steady_reference())  # the same run, never stopped
+    assert step_a == step_b == STEADY["num_steps"]
     leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert len(leaves_a) == len(leaves_b) > 0
     for x, y in zip(leaves_a, leaves_b):
@@ -232,7 +233,12 @@ def test_failed_start_overwrites_nothing(smoke_run):
     before = {name: (workdir / name).read_bytes() for name in ("flags.txt", "run_info.json", "metrics.jsonl")}
     steps_before = sorted(os.listdir(workdir / "checkpoints"))
     with pytest.raises(UserError, match="holds a run with different settings"):
-        train_and_evaluate(smoke_config(workdir, learning_rate=0.5))
+        train_and_evaluate(smoke_config(workdir, weight_decay=0.5))
+    # Another image size or model width than the run being resumed.
+    with pytest.raises(UserError, match=r"different settings \(--image_size: saved 16, requested 24\)"):
+        train_and_evaluate(smoke_config(workdir, image_size=24))
+    with pytest.raises(UserError, match=r"different settings \(--down_chs: saved \(32, 32, 64\), requested"):
+        train_and_evaluate(smoke_config(workdir, down_chs=(64, 64, 128)))
     with pytest.raises(UserError, match="context_file"):
         train_and_evaluate(smoke_config(workdir, condition="embedding", context_file="/nonexistent.npy"))
     after = {name: (workdir / name).read_bytes() for name in before}
@@ -246,9 +252,11 @@ def _cli(*args):
 
 def test_cli_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path):
     missing = _cli("clip_ddpm.train", f"--flagfile={tmp_path / 'missing.cfg'}")
-    assert missing.returncode != 0 and "Unable to open flagfile" in missing.stderr.splitlines()[0]
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert missing.stderr.startswith("error: Unable to open flagfile")
     bad_enum = _cli("clip_ddpm.train", f"--flagfile={SMOKE}", "--condition=bogus")
-    assert bad_enum.returncode != 0 and "--condition=bogus" in bad_enum.stderr.splitlines()[0]
+    assert bad_enum.returncode == 2 and len(bad_enum.stderr.strip().splitlines()) == 1
+    assert bad_enum.stderr.startswith("error: flag --condition=bogus")
     no_ckpt = _cli("clip_ddpm.sample", f"--workdir={tmp_path}")
     assert no_ckpt.returncode == 2
     assert no_ckpt.stderr.strip().splitlines() == [f"error: no flag file at {tmp_path}/flags.txt"]

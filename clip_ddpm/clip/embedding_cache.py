@@ -5,8 +5,9 @@ per caption (--condition=clip_text). Computing them takes far longer than readin
 they depend only on the data and the CLIP weights, so they are computed once, batched, jitted
 and sharded over the devices, and stored as
 
-    <root>/clip_cache/<dataset name>-<weights hash[:16]>/<kind>/
+    <root>/clip_cache/<dataset name>-<CLIP fingerprint[:16]>/<kind>/
         manifest.json        what the embeddings are of, and which shards are finished
+        rows.npy             a digest of each embedded image (or caption), in row order
         shard_00000.npy      float32 [<= shard_size, D], L2-normalised rows
         ...
 
@@ -16,7 +17,12 @@ and unit rows are what the U-Net is conditioned on. Each shard is written atomic
 recorded in the manifest, so an interrupted build keeps its finished shards and a restarted one
 continues from the first missing shard, computing each shard exactly as a straight run would.
 An existing manifest that describes other data, another model or other preprocessing is
-refused rather than silently mixed.
+refused rather than silently mixed. The CLIP fingerprint covers its weights, config and compute
+dtype (`encoder.clip_fingerprint`).
+
+A cache is of a whole split, as `clip_ddpm.embed` builds it. A process of a multi-host run holds
+only its slice of the split: it takes its rows from the whole split's cache when there is one
+(found by the digests in rows.npy), and otherwise builds a cache of its own slice.
 """
 from __future__ import annotations
 
@@ -28,10 +34,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
 
 from clip_ddpm.data.dataset import ImageDataset
+from clip_ddpm.data.process_slice import process_suffix
 from clip_ddpm.errors import UserError
 
 CACHE_ENV = "CLIP_DDPM_CACHE"
@@ -43,7 +51,14 @@ DEFAULT_SHARD_SIZE = 1024
 FORMAT_VERSION = 1
 # Manifest fields that say what the embeddings are; any difference means another cache.
 IDENTITY_FIELDS = ("format", "dataset", "split", "count", "data_sha256", "kind", "weights_hash",
-                   "preprocessing", "embedding_dim", "dtype", "normalization")
+                   "clip_config_sha256", "compute_dtype", "preprocessing", "embedding_dim", "dtype",
+                   "normalization")
+# The identity fields that say which data a cache holds (the others say how it was embedded).
+DATA_FIELDS = ("dataset", "split", "count", "data_sha256")
+ROWS_FILE = "rows.npy"
+# Parts of a tokenizer.json that decide the ids; the rest (padding, truncation) is settings the
+# tokenizer rewrites whenever it is called with other arguments.
+TOKENIZER_IDENTITY = ("model", "normalizer", "pre_tokenizer", "post_processor", "added_tokens")
 
 
 class EmbeddingCacheError(UserError, RuntimeError):
@@ -56,12 +71,12 @@ def cache_root(cache_dir: str | os.PathLike = "") -> Path:
     return Path(root).expanduser()
 
 
-def cache_directory(root: str | os.PathLike, dataset_name: str, weights_hash: str, kind: str) -> Path:
-    """Where the `kind` embeddings of one dataset by one CLIP live under a cache root."""
+def cache_directory(root: str | os.PathLike, dataset_name: str, fingerprint: str, kind: str) -> Path:
+    """Where the `kind` embeddings of one dataset by one CLIP (its fingerprint) live under a cache root."""
     if kind not in KINDS:
         raise EmbeddingCacheError(f"unknown embedding kind {kind!r}; expected one of {', '.join(KINDS)}")
     safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", dataset_name).strip("_") or "dataset"
-    return Path(root) / CACHE_FOLDER / f"{safe}-{weights_hash[:16]}" / kind
+    return Path(root) / CACHE_FOLDER / f"{safe}-{fingerprint[:16]}" / kind
 
 
 def as_contexts(vectors: np.ndarray) -> np.ndarray:
@@ -91,14 +106,31 @@ def data_fingerprint(dataset: ImageDataset, kind: str) -> str:
     return h.hexdigest()
 
 
+def row_digests(dataset: ImageDataset, kind: str) -> np.ndarray:
+    """A sha1 digest of each row that gets embedded (image bytes, or caption), [N] bytes."""
+    if kind == "text":
+        rows = [caption.encode("utf-8") for caption in dataset.captions]
+    else:
+        rows = [np.ascontiguousarray(image).tobytes() for image in dataset.images]
+    return np.asarray([hashlib.sha1(row).digest() for row in rows], dtype="S20")
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of what decides a tokenizer's ids: its model (vocabulary and merges), normaliser,
+    pre-tokeniser, post-processor and added tokens. Not the whole serialised state: that also
+    holds the padding and truncation last asked for, which change as soon as it is used."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return hashlib.sha256(repr(getattr(tokenizer, "vocab", None)).encode("utf-8")).hexdigest()
+    state = json.loads(backend.to_str())
+    return _sha256_json({part: state.get(part) for part in TOKENIZER_IDENTITY})
+
+
 def preprocessing_of(encoder, kind: str) -> dict[str, Any]:
     """What turns the data into model input: image preprocessing, or context length + tokenizer."""
     if kind == "image":
         return json.loads(json.dumps(dataclasses.asdict(encoder.preprocess)))
-    backend = getattr(encoder.tokenizer, "backend_tokenizer", None)
-    vocabulary = backend.to_str() if backend is not None else repr(getattr(encoder.tokenizer, "vocab", None))
-    return {"context_length": int(encoder.context_length),
-            "tokenizer_sha256": hashlib.sha256(vocabulary.encode("utf-8")).hexdigest()}
+    return {"context_length": int(encoder.context_length), "tokenizer_sha256": tokenizer_sha256(encoder.tokenizer)}
 
 
 def new_manifest(dataset: ImageDataset, encoder, kind: str, split: str, shard_size: int) -> dict[str, Any]:
@@ -108,16 +140,18 @@ def new_manifest(dataset: ImageDataset, encoder, kind: str, split: str, shard_si
         "format": FORMAT_VERSION, "dataset": dataset.name, "split": split, "count": count,
         "data_sha256": data_fingerprint(dataset, kind), "kind": kind,
         "clip_model": encoder.name, "weights_hash": encoder.weights_hash,
+        "clip_config_sha256": _sha256_json(encoder.config.to_hf_dict()), "compute_dtype": encoder.compute_dtype,
         "preprocessing": preprocessing_of(encoder, kind), "embedding_dim": int(encoder.embedding_dim),
         "dtype": "float32", "normalization": "l2",
         "shard_size": shard_size, "num_shards": -(-count // shard_size), "finished_shards": [],
     }
 
 
-def manifest_mismatches(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """'field: cached X, wanted Y' for every identity field that differs."""
+def manifest_mismatches(existing: dict[str, Any], wanted: dict[str, Any],
+                        fields: tuple[str, ...] = IDENTITY_FIELDS) -> list[str]:
+    """'field: cached X, wanted Y' for every identity field (of `fields`) that differs."""
     return [f"{key}: cached {existing.get(key)!r}, wanted {wanted[key]!r}"
-            for key in IDENTITY_FIELDS if existing.get(key) != wanted[key]]
+            for key in fields if existing.get(key) != wanted[key]]
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
@@ -217,6 +251,9 @@ def build_embeddings(dataset: ImageDataset, encoder, kind: str, directory: str |
     else:  # a new cache: its manifest comes first, so every shard on disk is accounted for
         manifest = wanted
         _store_manifest(directory, manifest)
+    if not (directory / ROWS_FILE).is_file():
+        digests = row_digests(dataset, kind)
+        _write_atomically(directory / ROWS_FILE, lambda handle: np.save(handle, digests))
 
     encode = encoder.encode_images if kind == "image" else encoder.encode_texts
     items = dataset.images if kind == "image" else list(dataset.captions)
@@ -239,21 +276,58 @@ def build_embeddings(dataset: ImageDataset, encoder, kind: str, directory: str |
     return np.concatenate(shards)
 
 
+def rows_from_whole_split(dataset: ImageDataset, encoder, kind: str, directory: Path,
+                          split: str = "train") -> np.ndarray | None:
+    """The embeddings of `dataset`'s rows (a process's slice of a split) taken from the finished
+    cache of the whole split in `directory`, or None when that cache is missing, unfinished,
+    made another way, or lacks some of the rows."""
+    manifest = read_manifest(directory)
+    if manifest is None or not (directory / ROWS_FILE).is_file():
+        return None
+    wanted = new_manifest(dataset, encoder, kind, split, manifest["shard_size"])
+    how = tuple(field for field in IDENTITY_FIELDS if field not in DATA_FIELDS)
+    mismatches = manifest_mismatches(manifest, wanted, how)
+    if mismatches or sorted(manifest["finished_shards"]) != list(range(manifest["num_shards"])):
+        logging.info("the whole-split cache %s does not serve this slice (%s)", directory,
+                     "; ".join(mismatches[:2]) or "unfinished")
+        return None
+    try:
+        index = {digest: row for row, digest in enumerate(np.load(directory / ROWS_FILE, allow_pickle=False))}
+    except (OSError, ValueError):
+        return None
+    rows = [index.get(digest) for digest in row_digests(dataset, kind)]
+    if any(row is None for row in rows):
+        logging.info("the whole-split cache %s lacks some rows of %s", directory, dataset.name)
+        return None
+    return load_embeddings(directory)[np.asarray(rows, np.int64)]
+
+
 def cached_embeddings(dataset: ImageDataset, encoder, kind: str, cache_dir: str | os.PathLike = "",
                       split: str = "train", shard_size: int = DEFAULT_SHARD_SIZE) -> tuple[np.ndarray, Path]:
-    """(embeddings [N, D], their folder): read from the default cache location, built if missing."""
-    directory = cache_directory(cache_root(cache_dir), dataset.name, encoder.weights_hash, kind)
+    """(embeddings [N, D], their folder): read from the default cache location, built if missing.
+
+    A process's slice of a split (several processes) is read from the whole split's cache when
+    one is there, the cache `clip_ddpm.embed` builds; else its own slice's cache is built.
+    """
+    root = cache_root(cache_dir)
+    whole_name = dataset.name.removesuffix(process_suffix(jax.process_index(), jax.process_count()))
+    if whole_name != dataset.name:
+        directory = cache_directory(root, whole_name, encoder.fingerprint, kind)
+        vectors = rows_from_whole_split(dataset, encoder, kind, directory, split)
+        if vectors is not None:
+            return vectors, directory
+    directory = cache_directory(root, dataset.name, encoder.fingerprint, kind)
     return build_embeddings(dataset, encoder, kind, directory, split, shard_size), directory
 
 
 def clip_context_vectors(config, dataset: ImageDataset, split: str = "train",
-                         trained_weights_hash: str = "") -> tuple[np.ndarray, str]:
+                         trained_clip: tuple[str, str] = ("", "")):
     """The U-Net contexts of --condition=clip_image (image embeddings) or clip_text (caption
     embeddings) for `dataset`, float32 [N, projection_dim], from the cache (built if missing),
-    with the weights hash of the CLIP that made them.
+    with the CLIPEncoder that made them (its weights_hash and fingerprint identify it).
 
-    trained_weights_hash: the CLIP a resumed run was trained with; other weights at
-    --clip_model are refused before any embedding is computed.
+    trained_clip: the (weights hash, fingerprint) of the CLIP a resumed run was trained with;
+    another CLIP at --clip_model is refused before any embedding is computed.
     """
     from clip_ddpm.clip.encoder import CLIPEncoder
     from clip_ddpm.training.workdir import check_same_clip
@@ -261,16 +335,17 @@ def clip_context_vectors(config, dataset: ImageDataset, split: str = "train",
     kind = CONDITION_KINDS.get(config.condition)
     if kind is None:
         raise EmbeddingCacheError(f"--condition={config.condition} has no CLIP embeddings")
-    encoder = CLIPEncoder.from_pretrained(config.clip_model)
-    check_same_clip(trained_weights_hash, config.clip_model, encoder.weights_hash)
+    encoder = CLIPEncoder.from_pretrained(config.clip_model, revision=config.clip_revision)
+    check_same_clip(trained_clip, config.clip_model, encoder.weights_hash, encoder.fingerprint)
     vectors, directory = cached_embeddings(dataset, encoder, kind, config.clip_cache_dir, split)
     logging.info("CLIP %s contexts of %s: %s from %s", kind, dataset.name, vectors.shape, directory)
-    return as_contexts(vectors), encoder.weights_hash
+    return as_contexts(vectors), encoder
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbedRequest:
     clip_model: str
+    clip_revision: str = ""
     dataset: str = "shapes"
     split: str = "train"
     image_size: int = 32
@@ -302,7 +377,8 @@ def embed_dataset(request: EmbedRequest) -> dict[str, str]:
     data_config = RunConfig(dataset=request.dataset, image_size=request.image_size, seed=request.seed,
                             holdout_pairs=tuple(request.holdout_pairs), tfds_data_dir=request.tfds_data_dir)
     dataset = load_split(data_config, request.split, num_images=request.dataset_size)
-    encoder = CLIPEncoder.from_pretrained(request.clip_model, batch_size=request.batch_size)
+    encoder = CLIPEncoder.from_pretrained(request.clip_model, revision=request.clip_revision,
+                                          batch_size=request.batch_size)
     folders = {}
     for kind in dict.fromkeys(request.kinds):
         vectors, folder = cached_embeddings(dataset, encoder, kind, request.cache_dir, request.split,

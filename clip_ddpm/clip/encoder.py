@@ -7,12 +7,15 @@ batch is split along 'data', so embedding a dataset is data-parallel with no com
 the final gather. Inputs are cut into batches whose sizes come from a small fixed set (powers of
 two up to ``batch_size``, rounded to the device count), so a whole dataset is embedded with a
 couple of compilations and bounded memory; the compiled programs are shared by every encoder of
-the same model. ``name`` and ``weights_hash`` identify the model in embedding-cache manifests.
+the same model. ``name`` and ``weights_hash`` identify the model in embedding-cache manifests;
+``fingerprint`` adds to the weights what else decides the embeddings (the config: activation,
+layer-norm eps, end-of-text id, heads, ...; and the compute dtype), and keys caches and runs.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -85,6 +88,14 @@ def _image_embeddings(model: CLIP, normalize: bool, params: Any, pixels: jax.Arr
     return l2_normalize(features) if normalize else features
 
 
+def clip_fingerprint(weights_hash: str, config: CLIPConfig, compute_dtype: str) -> str:
+    """sha256 of what makes a CLIP's embeddings: its weights, its config and its compute dtype.
+    Equal weights under another activation, layer-norm eps, end-of-text id or head count (or in
+    bfloat16 instead of float32) give other embeddings, so they are another model here."""
+    identity = {"weights": weights_hash, "config": config.to_hf_dict(), "compute_dtype": compute_dtype}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 class CLIPEncoder:
     """A CLIP model ready to embed texts and images on the devices of ``mesh``.
 
@@ -105,6 +116,8 @@ class CLIPEncoder:
         self.tokenizer = tokenizer
         self.name = name
         self.weights_hash = params_sha256(params)
+        self.compute_dtype = jnp.dtype(dtype).name
+        self.fingerprint = clip_fingerprint(self.weights_hash, config, self.compute_dtype)
         self.preprocess = preprocess or clip_preprocess.PreprocessConfig.for_image_size(config.vision.image_size)
         if self.preprocess.crop_size != config.vision.image_size:
             raise CLIPError(f"preprocessing crops to {self.preprocess.crop_size} pixels but the model "
@@ -118,9 +131,9 @@ class CLIPEncoder:
         self._batch_sharding = parallel.data_sharded(self.mesh)
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike, **kwargs: Any) -> CLIPEncoder:
-        """Loads a hub id or checkpoint directory (see ``clip.weights.load_clip``)."""
-        directory = resolve_clip_directory(name_or_dir)
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, revision: str = "", **kwargs: Any) -> CLIPEncoder:
+        """Loads a hub id (at `revision`, if given) or checkpoint directory (see ``clip.weights.load_clip``)."""
+        directory = resolve_clip_directory(name_or_dir, revision)
         config, params, tokenizer = load_clip(directory)
         kwargs.setdefault("preprocess", clip_preprocess.PreprocessConfig.load(directory, config.vision.image_size))
         kwargs.setdefault("name", str(name_or_dir))

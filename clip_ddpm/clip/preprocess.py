@@ -1,4 +1,8 @@
-"""Images -> CLIP pixel values: shortest side resized (bicubic), centre crop, [0,1], mean/std.
+"""Images -> CLIP pixel values: resized (bicubic), centre crop, [0,1], mean/std.
+
+The resize is to a shortest side (size={"shortest_edge": n}, CLIP's own), or to an exact
+height and width (size={"height": h, "width": w}, which some checkpoints carry), as
+transformers reads the same preprocessor_config.json.
 
 ``preprocess_images`` does exactly what transformers' ``CLIPImageProcessor`` does (PIL bicubic
 on uint8, the same output-size rounding and crop offsets, the same float arithmetic), so
@@ -36,17 +40,27 @@ class CLIPPreprocessError(UserError, ValueError):
     """Images or a preprocessor config that CLIP preprocessing cannot use."""
 
 
-def _square(value: Any, key: str) -> int:
+def _read_size(value: Any) -> tuple[int, tuple[int, int] | None]:
+    """(shortest edge, exact (height, width) or None) of a preprocessor_config.json "size"."""
+    if isinstance(value, int):
+        return value, None
+    if isinstance(value, Mapping):
+        if value.get("shortest_edge") is not None and value.get("longest_edge") is None:
+            return int(value["shortest_edge"]), None
+        if value.get("height") is not None and value.get("width") is not None:
+            height, width = int(value["height"]), int(value["width"])
+            return min(height, width), (height, width)
+    raise CLIPPreprocessError(f"preprocessor_config.json: size={value!r} is not supported; expected "
+                              "{'shortest_edge': n} or {'height': h, 'width': w}.")
+
+
+def _read_crop(value: Any) -> int:
     if isinstance(value, int):
         return value
-    if isinstance(value, Mapping):
-        if "shortest_edge" in value and key == "size":
-            return int(value["shortest_edge"])
-        if value.get("height") is not None and value.get("height") == value.get("width"):
-            return int(value["height"])
-    raise CLIPPreprocessError(
-        f"preprocessor_config.json: {key}={value!r} is not supported; expected "
-        "size={'shortest_edge': n} and a square crop_size.")
+    if isinstance(value, Mapping) and value.get("height") is not None and value.get("height") == value.get("width"):
+        return int(value["height"])
+    raise CLIPPreprocessError(f"preprocessor_config.json: crop_size={value!r} is not supported; the model takes "
+                              "square images, so the crop must be square.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +69,7 @@ class PreprocessConfig:
 
     shortest_edge: int = 224
     crop_size: int = 224
+    resize_to: tuple[int, int] | None = None  # (height, width): resized to exactly this, not by its shortest side
     image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
     rescale_factor: float = 1 / 255
@@ -72,10 +87,11 @@ class PreprocessConfig:
                 raise CLIPPreprocessError(f"preprocessor_config.json sets {flag}=false; CLIP preprocessing "
                                           "always resizes, crops, rescales and normalises.")
         default = cls()
-        size = _square(d.get("size", default.shortest_edge), "size")
+        shortest_edge, resize_to = _read_size(d.get("size", default.shortest_edge))
         return cls(
-            shortest_edge=size,
-            crop_size=_square(d.get("crop_size", size), "crop_size"),
+            shortest_edge=shortest_edge,
+            resize_to=resize_to,
+            crop_size=_read_crop(d.get("crop_size", default.crop_size)),  # transformers' default, 224
             image_mean=tuple(float(x) for x in d.get("image_mean", default.image_mean)),
             image_std=tuple(float(x) for x in d.get("image_std", default.image_std)),
             rescale_factor=float(d.get("rescale_factor", default.rescale_factor)),
@@ -93,7 +109,9 @@ class PreprocessConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         return {
             "image_processor_type": "CLIPImageProcessor",
-            "do_resize": True, "size": {"shortest_edge": self.shortest_edge}, "resample": self.resample,
+            "do_resize": True, "resample": self.resample,
+            "size": ({"shortest_edge": self.shortest_edge} if self.resize_to is None
+                     else {"height": self.resize_to[0], "width": self.resize_to[1]}),
             "do_center_crop": True, "crop_size": {"height": self.crop_size, "width": self.crop_size},
             "do_rescale": True, "rescale_factor": self.rescale_factor,
             "do_normalize": True, "image_mean": list(self.image_mean), "image_std": list(self.image_std),
@@ -104,8 +122,12 @@ class PreprocessConfig:
         Path(directory, PREPROCESSOR_FILE).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
 
 
-def _resized_hw(height: int, width: int, shortest: int) -> tuple[int, int]:
-    """Output size of a shortest-edge resize; the long side is truncated, as torchvision does."""
+def _resized_hw(height: int, width: int, config: PreprocessConfig) -> tuple[int, int]:
+    """Output size of the resize: the exact size asked for, or the shortest side made
+    `config.shortest_edge` with the long side truncated, as torchvision does."""
+    if config.resize_to is not None:
+        return config.resize_to
+    shortest = config.shortest_edge
     if width <= height:
         return int(shortest * height / width), shortest
     return shortest, int(shortest * width / height)
@@ -162,7 +184,7 @@ def preprocess_images(images: Any, config: PreprocessConfig = PreprocessConfig()
     std = np.asarray(config.image_std, np.float32)
     for i, image in enumerate(items):
         pil = _to_rgb_pil(image)
-        h, w = _resized_hw(pil.height, pil.width, config.shortest_edge)
+        h, w = _resized_hw(pil.height, pil.width, config)
         if (h, w) != (pil.height, pil.width):
             pil = pil.resize((w, h), resample=config.resample)
         arr = _center_crop(np.asarray(pil), config.crop_size)
@@ -196,7 +218,7 @@ def preprocess_images_jax(images: jax.Array, config: PreprocessConfig = Preproce
     quantize = images.dtype == jnp.uint8
     x = images.astype(jnp.float32) * (1.0 if quantize else 255.0)
     n, height, width, _ = images.shape
-    h, w = _resized_hw(height, width, config.shortest_edge)
+    h, w = _resized_hw(height, width, config)
     x = _resize_axis(_resize_axis(x, 2, w, quantize), 1, h, quantize)
     s = config.crop_size
     if h < s or w < s:

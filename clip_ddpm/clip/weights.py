@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -122,25 +123,34 @@ def _check_against_config(flat: Mapping[tuple[str, ...], np.ndarray], config: CL
 # ---------------------------------------------------------------------------- reading
 
 def resolve_clip_directory(name_or_dir: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local directory as is, or a hub id downloaded (config, safetensors, tokenizer only)."""
+    """A local directory as is, or a hub id downloaded (config, safetensors, tokenizer only).
+
+    A name that reads as a path on this machine is never sent to the hub: one that starts with
+    ".", "/" or "~", and one whose parent folder exists here (`runs/clip` where `runs/` exists),
+    are local directories that are missing, most likely mistyped, not repositories named so.
+    `revision` pins a hub id to a branch, tag or commit.
+    """
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_dir)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise CLIPLoadError(f"{name!r} is not a directory (nor a Hugging Face hub id such as "
-                            "'openai/clip-vit-base-patch32').")
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or (
+        "/" in name and path.parent.is_dir())
+    if path.exists() or looks_local:
+        raise CLIPLoadError(f"CLIP model {name!r} is not a directory: no such folder here (and, as it reads as a "
+                            "local path, it is not looked up on the Hugging Face hub)")
     from huggingface_hub import errors, snapshot_download
 
     def first_line(error: Exception) -> str:  # hub errors span lines; ours is one
         return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
     try:
-        return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id=name, revision=revision or None, allow_patterns=HUB_PATTERNS))
     except errors.HFValidationError as e:
         raise CLIPLoadError(f"{name!r} is neither a local directory nor a valid hub id: {first_line(e)}") from e
     except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as e:
-        raise CLIPLoadError(f"The Hugging Face hub has no accessible model {name!r}: {first_line(e)}") from e
+        raise CLIPLoadError(f"The Hugging Face hub has no accessible model {name!r}"
+                            f"{f' at revision {revision!r}' if revision else ''}: {first_line(e)}") from e
     except Exception as e:  # offline mode, no network, timeouts, HTTP errors: one message for all
         raise CLIPLoadError(
             f"Could not fetch CLIP model {name!r}: the Hugging Face hub could not be reached and the "
@@ -149,14 +159,33 @@ def resolve_clip_directory(name_or_dir: str | os.PathLike, revision: str | None 
         ) from e
 
 
+def _index_files(directory: Path) -> list[Path]:
+    """The shard files a model.safetensors.index.json names, each inside `directory`."""
+    index_path = directory / WEIGHTS_INDEX_FILE
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CLIPLoadError(f"{index_path} is not readable JSON: {e}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CLIPLoadError(f"{index_path} has no \"weight_map\" (tensor name -> shard file); it is not a "
+                            "safetensors index")
+    files = []
+    for name in sorted(set(map(str, weight_map.values()))):
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise CLIPLoadError(f"{index_path} names the shard {name!r}, outside the checkpoint directory; refused")
+        files.append(directory / relative)
+    return files
+
+
 def weight_files(directory: str | os.PathLike) -> list[Path]:
     """The safetensors file(s) of a checkpoint directory, refusing pickled-only checkpoints."""
     d = Path(directory)
     if (d / WEIGHTS_FILE).is_file():
         return [d / WEIGHTS_FILE]
     if (d / WEIGHTS_INDEX_FILE).is_file():
-        index = json.loads((d / WEIGHTS_INDEX_FILE).read_text())
-        return [d / name for name in sorted(set(index["weight_map"].values()))]
+        return _index_files(d)
     if any((d / name).is_file() for name in PICKLED_WEIGHTS):
         raise CLIPLoadError(
             f"{d} holds only pickled PyTorch weights (pytorch_model.bin), which are never unpickled "
@@ -167,14 +196,55 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
                         "and model.safetensors.")
 
 
-def read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+# safetensors dtype names -> numpy dtypes; BF16 has no numpy dtype and is widened by hand.
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+                       "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
+
+def _read_one_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one .safetensors file; floating point ones as float32.
+
+    Published CLIPs are often stored in bfloat16 or float16, and the Flax model computes in
+    float32 parameters, so they are widened here (exactly: both are subsets of float32).
+    """
+    data = path.read_bytes()
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + length])
+    except (struct.error, ValueError) as e:
+        raise CLIPLoadError(f"{path} is not a safetensors file ({e})") from None
+    body = memoryview(data)[8 + length:]
+    state = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CLIPLoadError(f"{path}: the header entry of {name!r} is malformed") from None
+        itemsize = 2 if dtype == "BF16" else np.dtype(_SAFETENSORS_DTYPES.get(dtype, np.uint8)).itemsize
+        if dtype != "BF16" and dtype not in _SAFETENSORS_DTYPES:
+            raise CLIPLoadError(f"{path}: tensor {name!r} has dtype {dtype}, which is not supported")
+        if not 0 <= begin <= end <= len(body) or end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
+            raise CLIPLoadError(f"{path}: tensor {name!r} lies outside the file or has the wrong size "
+                                "(is the file truncated?)")
+        raw = body[begin:end]
+        if dtype == "BF16":  # bfloat16 is the top half of a float32
+            array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            array = np.frombuffer(raw, np.dtype(_SAFETENSORS_DTYPES[dtype]).newbyteorder("<"))
+            if array.dtype.kind == "f":
+                array = array.astype(np.float32)
+        state[name] = array.reshape(shape)
+    return state
+
+
+def read_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     for f in files:
         if not f.is_file():
             raise CLIPLoadError(f"Weight file {f} listed in the index is missing.")
-        state.update(load_file(str(f)))
+        state.update(_read_one_safetensors(f))
     return state
 
 

@@ -55,6 +55,10 @@ def load(path: str, split: str = "train", image_size: int = 64, process_index: i
 
     class_names = tuple(readable_name(d) for d in class_dirs)
     overrides = _read_captions(root)
+    unknown = sorted(set(overrides) - set(files))
+    if unknown:
+        logging.warning("%s: %d caption row(s) name files that are not images of a class folder, e.g. %s",
+                        root / CAPTIONS_FILE, len(unknown), ", ".join(unknown[:3]))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         decoded = list(pool.map(lambda rel: _decode(root / rel, image_size), chosen))
     skipped = [rel for rel, image in zip(chosen, decoded) if image is None]
@@ -116,16 +120,21 @@ def _decode(file: pathlib.Path, image_size: int) -> np.ndarray | None:
 
 
 def _read_captions(root: pathlib.Path) -> dict[str, str]:
-    """root-relative file -> caption from captions.csv, if the folder has one."""
+    """root-relative file -> caption from captions.csv, if the folder has one (a UTF-8 byte order
+    mark, as spreadsheet programs write, is accepted)."""
     csv_path = root / CAPTIONS_FILE
     if not csv_path.is_file():
         return {}
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not {"file", "caption"} <= set(reader.fieldnames or ()):
-            raise DatasetError(f"{csv_path} needs a header row with columns 'file' and 'caption'")
-        return {pathlib.PurePosixPath(row["file"].strip()).as_posix(): row["caption"].strip()
-                for row in reader if row["file"] and row["caption"]}
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if not {"file", "caption"} <= set(reader.fieldnames or ()):
+                raise DatasetError(f"{csv_path} needs a header row with columns 'file' and 'caption' (it has "
+                                   f"{', '.join(map(repr, reader.fieldnames or ())) or 'none'})")
+            return {pathlib.PurePosixPath(row["file"].strip()).as_posix(): row["caption"].strip()
+                    for row in reader if row["file"] and row["caption"]}
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{csv_path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def _fingerprint(root: pathlib.Path, files: list[str]) -> str:

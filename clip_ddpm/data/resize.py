@@ -9,12 +9,20 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# Modes of 16-bit (and 32-bit integer) greyscale pictures, such as 16-bit PNGs. PIL's own
+# conversion to RGB clips their 0..65535 values at 255, which turns them nearly white.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB version of `image`; transparent parts are composited onto white (as transformers'
-    CLIPImageProcessor does) rather than taking arbitrary colours."""
+    CLIPImageProcessor does) rather than taking arbitrary colours, and 16-bit greyscale is
+    scaled to 8 bits (65535 -> 255) rather than clipped."""
     if image.mode == "RGB":
         return image
+    if image.mode in _WIDE_GREY_MODES:
+        grey = np.clip(np.round(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -77,6 +77,10 @@ def load(name: str, split: str = "train", image_size: int = 64, process_index: i
     class_names = tuple(readable_name(n, source.renames) for n in raw_names)
 
     tfds_split = source.splits.get(split, split)
+    base_split = re.match(r"[^\[+]*", tfds_split).group(0).strip()
+    if builder.info.splits and base_split not in builder.info.splits:  # (unknown until prepared)
+        raise DatasetError(f"tfds dataset {name!r} has no split {base_split!r} (it has "
+                           f"{', '.join(sorted(builder.info.splits))})")
     own_split = tfds.split_for_jax_process(tfds_split, process_index=process_index,
                                            process_count=process_count)
     ds = builder.as_dataset(split=own_split, shuffle_files=False,

@@ -26,14 +26,17 @@ def build_schedule(config: Config) -> diffusion.Schedule:
     return diffusion.make_schedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
 
 
-def build_context_source(config: Config, dataset: ImageDataset, trained_clip_hash: str = "") -> ContextSource:
+def build_context_source(config: Config, dataset: ImageDataset, trained_clip: tuple[str, str] = ("", "")
+                         ) -> ContextSource:
     """The conditioning of --condition for this dataset (CLIP conditions read the cache, and
-    refuse a CLIP other than `trained_clip_hash`, the one a resumed run was trained with)."""
+    refuse a CLIP other than `trained_clip`, the (weights hash, fingerprint) a resumed run was
+    trained with)."""
     if config.condition in ("clip_image", "clip_text"):
         from clip_ddpm.clip.embedding_cache import clip_context_vectors
-        vectors, weights_hash = clip_context_vectors(config, dataset, trained_weights_hash=trained_clip_hash)
+        vectors, encoder = clip_context_vectors(config, dataset, trained_clip=trained_clip)
         source = context_source_for(config.condition, dataset, vectors=vectors)
-        return dataclasses.replace(source, clip_weights_hash=weights_hash)
+        return dataclasses.replace(source, clip_weights_hash=encoder.weights_hash,
+                                   clip_fingerprint=encoder.fingerprint)
     return context_source_for(config.condition, dataset, config.context_file)
 
 

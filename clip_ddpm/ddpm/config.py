@@ -30,6 +30,7 @@ class Config(RunConfig):
     condition: str = field("class", "Context of the U-Net.", CONDITIONS)
     context_file: str = field("", "With --condition=embedding: a .npy [N, D] aligned with the dataset.")
     clip_model: str = field("", "CLIP for clip_image/clip_text: a hub id or a local directory.")
+    clip_revision: str = field("", "With a hub id as --clip_model: the branch, tag or commit to use (empty: main).")
     clip_cache_dir: str = field("", "Root of the CLIP embedding cache (empty: $CLIP_DDPM_CACHE, else "
                                     "~/.cache/clip_ddpm).")
     context_drop: str = field("sample", "Classifier-free dropout: whole vector or elementwise.", DROP_MODES)

@@ -19,6 +19,7 @@ import numpy as np
 from clip_ddpm.data import ImageDataset
 from clip_ddpm.diffusion.conditioning import one_hot_context
 from clip_ddpm.errors import UserError
+from clip_ddpm.training.parallel import gather_from_processes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,7 @@ class ContextSource:
     num_classes: int = 0
     vectors: np.ndarray | None = None  # [N, D] for "vectors"
     clip_weights_hash: str = ""  # the CLIP that made `vectors`, for clip_image / clip_text
+    clip_fingerprint: str = ""  # its weights, config and compute dtype together
 
     def device_fields(self, dataset: ImageDataset) -> dict[str, np.ndarray]:
         """Per-example arrays that travel to the device with the images."""
@@ -50,15 +52,30 @@ class ContextSource:
         """Contexts for the columns of a sample grid, with a title for each column.
 
         Classes: the first `columns` classes. Vectors: the vector of the first image of each of
-        the first `columns` classes, titled by that image's caption.
+        the first `columns` classes, titled by that image's caption. With several processes,
+        each holding a slice of the dataset, "first" is in the global order, so every process
+        picks the same vectors (a title another process's image gave is the class name).
         """
         if self.kind == "none":
             return None, ["unconditional"] * columns
         classes = list(range(min(columns, dataset.num_classes)))
         if self.kind == "class":
             return np.eye(self.num_classes, dtype=np.float32)[classes], [dataset.class_names[c] for c in classes]
-        first = [int(np.flatnonzero(dataset.labels == c)[0]) for c in classes if np.any(dataset.labels == c)]
-        return self.vectors[first], [dataset.captions[i] for i in first]
+        first = [np.flatnonzero(dataset.labels == c) for c in classes]
+        local_first = np.asarray([hits[0] if len(hits) else -1 for hits in first], np.int64)
+        width = self.vectors.shape[1]
+        local_vectors = np.stack([self.vectors[i] if i >= 0 else np.zeros(width, np.float32) for i in local_first])
+        found = gather_from_processes(local_first >= 0)  # [processes, classes]
+        vectors = gather_from_processes(local_vectors)  # [processes, classes, width]
+        chosen, titles = [], []
+        for c in classes:
+            holders = np.flatnonzero(found[:, c])
+            if not len(holders):
+                continue
+            chosen.append(vectors[holders[0], c])
+            mine = holders[0] == jax.process_index()
+            titles.append(dataset.captions[local_first[c]] if mine else dataset.class_names[c])
+        return np.stack(chosen).astype(np.float32), titles
 
 
 def read_context_array(path: str, allow_single: bool = False) -> np.ndarray:

@@ -48,7 +48,7 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
     if request.prompts:
         if info.condition not in ("clip_image", "clip_text"):
             raise UserError(f"--prompt needs a CLIP-conditioned run; this one is --condition={info.condition}")
-        vectors = encode_prompts(config, list(request.prompts), info.clip_weights_hash)
+        vectors = encode_prompts(config, list(request.prompts), (info.clip_weights_hash, info.clip_fingerprint))
         if vectors.shape[1] != info.context_dim:
             raise UserError(f"--clip_model {config.clip_model} gives {vectors.shape[1]}-wide embeddings but this "
                             f"run was trained on {info.context_dim}-wide contexts (has the model changed?)")
@@ -69,19 +69,19 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
                     + (" or --prompt" if info.condition.startswith("clip") else ""))
 
 
-def encode_prompts(config, prompts: Sequence[str], trained_weights_hash: str = "") -> np.ndarray:
+def encode_prompts(config, prompts: Sequence[str], trained_clip: tuple[str, str] = ("", "")) -> np.ndarray:
     """float32 [len(prompts), projection_dim]: the prompts as contexts of the run `config` describes.
 
-    trained_weights_hash: the run's record of its CLIP (run_info.json); a CLIP with other weights
-    at the same --clip_model is refused.
+    trained_clip: the run's record of its CLIP (run_info.json); a CLIP at the same --clip_model
+    with other weights, config or compute dtype is refused.
     """
     prompts = [str(p) for p in prompts]
     if not prompts or not all(p.strip() for p in prompts):
         raise UserError("--prompt needs non-empty text")
     if not config.clip_model:
         raise UserError(f"this run (--condition={config.condition}) names no --clip_model to encode prompts with")
-    encoder = CLIPEncoder.from_pretrained(config.clip_model)
-    check_same_clip(trained_weights_hash, config.clip_model, encoder.weights_hash)
+    encoder = CLIPEncoder.from_pretrained(config.clip_model, revision=config.clip_revision)
+    check_same_clip(trained_clip, config.clip_model, encoder.weights_hash, encoder.fingerprint)
     if encoder.tokenizer is None:
         raise UserError(f"CLIP model {config.clip_model!r} has no tokenizer files, so it cannot encode --prompt")
     return as_contexts(encoder.encode_texts(prompts))

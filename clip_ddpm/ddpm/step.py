@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from clip_ddpm import diffusion
 from clip_ddpm.diffusion import conditioning
 from clip_ddpm.training.batches import draw_batch
+from clip_ddpm.training.guard import guard_update
 from clip_ddpm.training.parallel import data_sharded, replicated
 from clip_ddpm.training.train_state import TrainState, apply_gradients, tree_l2_norm
 
@@ -33,6 +34,7 @@ class StepConfig:
     context_drop_prob: float = 0.1
     context_drop: str = "sample"
     ema_decay: float = 0.999
+    skip_nonfinite: bool = False  # --on_nonfinite=skip: a non-finite step leaves the state as it was
 
 
 def step_randomness(key: jax.Array, step: jax.Array, image_shape: tuple[int, ...],
@@ -79,7 +81,7 @@ def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: o
         metrics = {"loss": loss, "grad_norm": tree_l2_norm(grads),
                    "param_norm": tree_l2_norm(new_state.params),
                    "learning_rate": learning_rate_fn(state.step)}
-        return new_state, metrics
+        return guard_update(state, new_state, metrics, step_config.skip_nonfinite)
 
     return train_step
 

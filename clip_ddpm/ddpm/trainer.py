@@ -18,10 +18,11 @@ from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.training.datasets import load_split
 from clip_ddpm.training.loop import LoopSettings, TrainResult, run_loop
 from clip_ddpm.training.metric_writer import MetricWriter
+from clip_ddpm.training.run_lock import holding_workdir
 from clip_ddpm.training.train_state import create_train_state, make_optimizer
 from clip_ddpm.training.workdir import (
     RunInfo,
-    recorded_clip_hash,
+    recorded_clip,
     start_run,
     write_flags,
     write_run_info,
@@ -35,16 +36,20 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     next call resumes. Lets a job run in time slices and tests check exact resumption.
     """
     config, mesh, is_chief, resumed = start_run(config)
+    with holding_workdir(config.workdir, is_chief):
+        return _train(config, stop_at, mesh, is_chief, resumed)
 
+
+def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: bool) -> TrainResult:
     dataset = load_split(config, "train")
     parallel.check_dataset_fits_batch(len(dataset), config.batch_size)
     if dataset.image_size != config.image_size:
         raise UserError(f"dataset images are {dataset.image_size}px, --image_size is {config.image_size}")
-    contexts = builders.build_context_source(config, dataset, recorded_clip_hash(config.workdir) if resumed else "")
+    contexts = builders.build_context_source(config, dataset, recorded_clip(config.workdir) if resumed else ("", ""))
     model = builders.build_model(config, contexts.dim)
     schedule = builders.build_schedule(config)
     optimizer, lr_fn = make_optimizer(config.learning_rate, config.lr_decay_steps, config.warmup_steps,
-                                      config.weight_decay, config.grad_clip)
+                                      config.weight_decay, config.grad_clip, eps=config.adam_eps)
     base_key = jax.random.key(config.seed)
     init_key, train_key, sample_key = jax.random.split(base_key, 3)
 
@@ -57,18 +62,21 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
         write_flags(config)
         write_run_info(config.workdir, RunInfo(context_dim=contexts.dim, class_names=dataset.class_names,
                                                condition=config.condition,
-                                               clip_weights_hash=contexts.clip_weights_hash))
+                                               clip_weights_hash=contexts.clip_weights_hash,
+                                               clip_fingerprint=contexts.clip_fingerprint))
     num_params = count_params(state.params)
     logging.info("U-Net: %s parameters; %d devices; %d training images", f"{num_params:,}",
                  mesh.devices.size, len(dataset))
 
     data = parallel.place_dataset(contexts.device_fields(dataset), mesh)
     step_fn = make_train_step(model, schedule, optimizer, lr_fn,
-                              StepConfig(config.context_drop_prob, config.context_drop, config.ema_decay),
+                              StepConfig(config.context_drop_prob, config.context_drop, config.ema_decay,
+                                         skip_nonfinite=config.on_nonfinite == "skip"),
                               mesh)
     train_iteration = make_data_train_step(step_fn, config.batch_size, config.random_flip, mesh,
                                            contexts.batch_context)
     train_key = parallel.place_replicated(train_key, mesh)
+    train_iteration = parallel.compiled_for_every_process(train_iteration, state, data, train_key)
 
     grid_contexts, _ = contexts.grid_contexts(dataset, config.sample_columns)
     columns = config.sample_columns if grid_contexts is None else len(grid_contexts)
@@ -82,7 +90,7 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
             save_grid(images, os.path.join(config.workdir, "samples", f"step_{step:07d}.png"), scale=2)
 
     settings = LoopSettings(config.num_steps, config.batch_size, config.log_every, config.checkpoint_every,
-                            config.sample_every, stop_at)
+                            config.sample_every, stop_at, config.on_nonfinite, config.max_nonfinite_steps)
     result = run_loop(state, lambda s: train_iteration(s, data, train_key), settings, checkpoints,
                       MetricWriter(config.workdir, enabled=is_chief), write_samples, show_progress=is_chief)
     return TrainResult(step=result.step, metrics=result.metrics, images_per_second=result.images_per_second,

@@ -22,6 +22,8 @@ def load_split(config: RunConfig, split: str = "train", num_images: int = 0, who
             options["holdout_pairs"] = tuple(config.holdout_pairs)
     elif config.dataset.startswith("tfds:") and config.tfds_data_dir:
         options["data_dir"] = config.tfds_data_dir
+    elif config.dataset.startswith("folder:") and config.test_fraction:
+        options["test_fraction"] = config.test_fraction
     index, count = (0, 1) if whole else (jax.process_index(), jax.process_count())
     return load_dataset(config.dataset, split=split, image_size=config.image_size, seed=config.seed,
                         process_index=index, process_count=count, **options)

@@ -1,26 +1,25 @@
 """The training loop both trainers share: steps, logging, checkpoints, preemption, guards.
 
 The loop never touches the host between steps except every `log_every` steps (to log) and
-when it checkpoints; JAX's asynchronous dispatch keeps the device busy meanwhile.
+when it checkpoints; JAX's asynchronous dispatch keeps the device busy meanwhile. Before each
+log and each save it reads the divergence guard's flags of every step since the last look, so
+no checkpoint ever holds a non-finite state (`training.guard`). On SIGTERM every process stops
+at one agreed step (`training.preemption`), saves and returns, skipping a sample grid due then.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import signal
 import time
 from typing import Any, Callable
 
 import jax
-from absl import logging
 
-from clip_ddpm.errors import UserError
 from clip_ddpm.training.checkpoints import Checkpoints
+from clip_ddpm.training.guard import DivergenceGuard, TrainingDivergedError
 from clip_ddpm.training.metric_writer import MetricWriter
+from clip_ddpm.training.preemption import PreemptionWatch
 
-
-class TrainingDivergedError(UserError):
-    """Loss or gradient norm stopped being finite."""
+__all__ = ["LoopSettings", "TrainResult", "LoopResult", "TrainingDivergedError", "run_loop"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +30,8 @@ class LoopSettings:
     checkpoint_every: int
     sample_every: int = 0
     stop_at: int | None = None  # stop as if preempted once this step is reached
+    on_nonfinite: str = "stop"  # the divergence policy (see training.guard)
+    max_nonfinite_steps: int = 10
 
 
 @dataclasses.dataclass
@@ -53,38 +54,6 @@ class LoopResult:
     preempted: bool
 
 
-class _StopSignal:
-    """Turns SIGTERM (preemption) into a flag the loop checks, so it can checkpoint and exit."""
-
-    def __init__(self):
-        self.received = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint and stopping")
-        self.received = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def check_finite(metrics: dict[str, float], step: int) -> None:
-    for name in ("loss", "grad_norm"):
-        value = metrics.get(name)
-        if value is not None and not math.isfinite(value):
-            raise TrainingDivergedError(
-                f"{name} is {value} at step {step}: training diverged; lower --learning_rate or "
-                "--grad_clip, or check the data (the last good checkpoint is kept)")
-
-
 def run_loop(state: Any, iteration: Callable[[Any], tuple[Any, dict]], settings: LoopSettings,
              checkpoints: Checkpoints, writer: MetricWriter,
              write_samples: Callable[[Any, int], None] | None = None, show_progress: bool = True) -> LoopResult:
@@ -101,19 +70,27 @@ def run_loop(state: Any, iteration: Callable[[Any], tuple[Any, dict]], settings:
     metrics_out: dict[str, float] = {}
     throughput = 0.0
     preempted = False
+    guard = DivergenceGuard(settings.on_nonfinite, settings.max_nonfinite_steps)
+
+    def save(at: int) -> None:
+        guard.check(checkpoints.latest_step())  # a non-finite state is never written
+        checkpoints.save(at, state)
+
     try:
-        with _StopSignal() as stop:
+        with PreemptionWatch() as preemption:
             interval_start, interval_steps, first = time.perf_counter(), 0, True
             while step < settings.num_steps:
                 state, metrics = iteration(state)
                 step += 1
                 interval_steps += 1
+                guard.record(step, metrics)
                 if first:  # keep compilation out of the throughput figure
                     jax.block_until_ready(metrics)
                     interval_start, interval_steps, first = time.perf_counter(), 0, False
                 if step % settings.log_every == 0 or step == settings.num_steps:
+                    guard.check(checkpoints.latest_step())
                     metrics_out = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    check_finite(metrics_out, step)
+                    metrics_out["skipped_steps"] = float(guard.skipped)
                     if interval_steps:
                         elapsed = time.perf_counter() - interval_start
                         throughput = interval_steps * settings.batch_size / max(elapsed, 1e-9)
@@ -124,17 +101,18 @@ def run_loop(state: Any, iteration: Callable[[Any], tuple[Any, dict]], settings:
                         bar.set_postfix(loss=f"{metrics_out['loss']:.4f}", img_s=f"{throughput:.1f}")
                 if bar is not None:
                     bar.update(1)
-                if step % settings.checkpoint_every == 0:
-                    checkpoints.save(step, state)
+                preempted = preemption.reached(step) or (settings.stop_at is not None and step >= settings.stop_at)
+                if step % settings.checkpoint_every == 0 or preempted:
+                    save(step)
+                if preempted:  # a grid due now would only delay leaving
+                    break
                 if (write_samples and settings.sample_every and step % settings.sample_every == 0
                         and step < settings.num_steps):
                     write_samples(state, step)
-                if stop.received or (settings.stop_at is not None and step >= settings.stop_at):
-                    preempted = True
-                    break
-        checkpoints.save(step, state)
-        if write_samples and not preempted and step > start_step:
-            write_samples(state, step)
+        if not preempted:
+            save(step)
+            if write_samples and step > start_step:
+                write_samples(state, step)
     finally:
         if bar is not None:
             bar.close()

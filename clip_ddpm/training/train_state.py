@@ -52,18 +52,19 @@ def apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTran
 
 
 def make_optimizer(learning_rate: float, schedule_steps: int, warmup_steps: int, weight_decay: float,
-                   grad_clip: float, weight_decay_mask: Any = None
+                   grad_clip: float, weight_decay_mask: Any = None, eps: float = 1e-8
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with linear warm-up then cosine decay to 1% of the peak over `schedule_steps` (the
     rate stays at 1% after them), after global-norm clipping.
 
     `weight_decay_mask` (a pytree of bools or a function of the params giving one) limits the
-    decay to some parameters; None decays all of them.
+    decay to some parameters; None decays all of them. `eps` is Adam's epsilon.
     """
     warmup = max(0, min(warmup_steps, schedule_steps - 1))
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=learning_rate, warmup_steps=warmup,
         decay_steps=max(schedule_steps, warmup + 1), end_value=learning_rate * 0.01)
-    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    parts.append(optax.adamw(schedule, weight_decay=weight_decay, mask=weight_decay_mask))
-    return optax.chain(*parts), schedule
+    # identity() in place of no clip keeps the optimiser state's structure, so a resumed run may
+    # change --grad_clip (even to or from 0) and still restore its checkpoints.
+    clip = optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity()
+    return optax.chain(clip, optax.adamw(schedule, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)), schedule

@@ -58,7 +58,8 @@ def start_run(config: Any):
     from clip_ddpm.training import parallel
 
     config.validate()
-    parallel.initialize_distributed(config.distributed)
+    parallel.initialize_distributed(config.distributed, config.coordinator_address, config.num_processes,
+                                    config.process_id)
     parallel.configure_jax()
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
@@ -93,15 +94,17 @@ class RunInfo:
     the dataset): the context width and the class names the model was trained with.
 
     clip_weights_hash identifies the CLIP whose embeddings were the contexts (empty without
-    CLIP). --clip_model names a path or a hub id, and what it holds can change after training:
-    a retrained CLIP at the same path has a different embedding space, in which prompts would
-    silently miss what the U-Net learned.
+    CLIP), and clip_fingerprint that CLIP's weights, config and compute dtype together.
+    --clip_model names a path or a hub id, and what it holds can change after training: a
+    retrained CLIP at the same path, or the same weights under another config, has a different
+    embedding space, in which prompts would silently miss what the U-Net learned.
     """
 
     context_dim: int
     class_names: tuple[str, ...]
     condition: str
     clip_weights_hash: str = ""
+    clip_fingerprint: str = ""
 
 
 def write_run_info(workdir: str, info: RunInfo) -> None:
@@ -116,21 +119,29 @@ def read_run_info(workdir: str) -> RunInfo:
     with open(path, encoding="utf-8") as handle:
         raw = json.load(handle)
     return RunInfo(context_dim=int(raw["context_dim"]), class_names=tuple(raw["class_names"]),
-                   condition=raw["condition"], clip_weights_hash=raw.get("clip_weights_hash", ""))
+                   condition=raw["condition"], clip_weights_hash=raw.get("clip_weights_hash", ""),
+                   clip_fingerprint=raw.get("clip_fingerprint", ""))
 
 
-def recorded_clip_hash(workdir: str) -> str:
-    """The CLIP weights hash the run in `workdir` recorded ("" when there is no run_info.json yet,
-    the run uses no CLIP, or it predates the record)."""
+def recorded_clip(workdir: str) -> tuple[str, str]:
+    """(weights hash, fingerprint) of the CLIP the run in `workdir` recorded (empty strings when
+    there is no run_info.json yet, the run uses no CLIP, or it predates the record)."""
     if not os.path.isfile(os.path.join(workdir, RUN_INFO_FILENAME)):
-        return ""
-    return read_run_info(workdir).clip_weights_hash
+        return "", ""
+    info = read_run_info(workdir)
+    return info.clip_weights_hash, info.clip_fingerprint
 
 
-def check_same_clip(trained_hash: str, clip_model: str, weights_hash: str) -> None:
-    """UserError unless `weights_hash` is `trained_hash`, the CLIP a run was trained with (an
-    empty `trained_hash`, from a run without CLIP or one that predates the record, passes)."""
-    if trained_hash and weights_hash != trained_hash:
+def check_same_clip(trained: tuple[str, str], clip_model: str, weights_hash: str, fingerprint: str) -> None:
+    """UserError unless the CLIP at `clip_model` (its `weights_hash` and `fingerprint`) is
+    `trained`, the (weights hash, fingerprint) a run was trained with; what a run from before
+    the record did not record passes."""
+    trained_weights, trained_fingerprint = trained
+    if trained_weights and weights_hash != trained_weights:
         raise UserError(f"--clip_model {clip_model} now holds other weights (sha256 {weights_hash[:12]}...) than "
-                        f"the CLIP this run was trained with ({trained_hash[:12]}...); its embeddings "
+                        f"the CLIP this run was trained with ({trained_weights[:12]}...); its embeddings "
                         "would not match what the U-Net learned: restore that CLIP or train a new run")
+    if trained_fingerprint and fingerprint != trained_fingerprint:
+        raise UserError(f"--clip_model {clip_model} holds the weights this run was trained with, but under another "
+                        "config or compute dtype (activation, layer-norm eps, end-of-text id, heads, ...), which "
+                        "changes its embeddings: restore that CLIP's config.json or train a new run")

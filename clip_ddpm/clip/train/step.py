@@ -23,6 +23,7 @@ from clip_ddpm.clip.preprocess import PreprocessConfig, preprocess_images_jax
 from clip_ddpm.clip.train.config import MAX_LOGIT_SCALE
 from clip_ddpm.models.clip import CLIP, CLIPConfig, l2_normalize
 from clip_ddpm.training.batches import draw_batch
+from clip_ddpm.training.guard import guard_update
 from clip_ddpm.training.parallel import data_sharded, replicated
 from clip_ddpm.training.train_state import (
     TrainState,
@@ -109,6 +110,8 @@ class ClipStepSpec:
     ema_decay: float = 0.999
     random_flip: bool = False
     random_shift: int = 0
+    skip_nonfinite: bool = False  # --on_nonfinite=skip: a non-finite step leaves the state as it was
+    adam_eps: float = 1e-8
 
     def model(self) -> CLIP:
         return CLIP(self.clip, dtype=jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32)
@@ -116,7 +119,8 @@ class ClipStepSpec:
     def optimizer(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
         """AdamW as the DDPM's, with the temperature clamped after each update."""
         adamw, schedule = make_optimizer(self.learning_rate, self.lr_decay_steps, self.warmup_steps,
-                                         self.weight_decay, self.grad_clip, weight_decay_mask=decay_mask)
+                                         self.weight_decay, self.grad_clip, weight_decay_mask=decay_mask,
+                                         eps=self.adam_eps)
         return optax.chain(adamw, clamp_logit_scale()), schedule
 
 
@@ -157,7 +161,7 @@ def make_clip_train_step(spec: ClipStepSpec, mesh: Mesh):
         metrics = {"loss": loss, **metrics, "grad_norm": tree_l2_norm(grads),
                    "param_norm": tree_l2_norm(new_state.params),
                    "learning_rate": lr_fn(state.step)}
-        return new_state, metrics
+        return guard_update(state, new_state, metrics, spec.skip_nonfinite)
 
     return jax.jit(step, in_shardings=(replicated(mesh), None, replicated(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))

@@ -46,6 +46,7 @@ from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.training.datasets import load_split
 from clip_ddpm.training.loop import LoopSettings, TrainResult, run_loop
 from clip_ddpm.training.metric_writer import MetricWriter
+from clip_ddpm.training.run_lock import holding_workdir
 from clip_ddpm.training.train_state import create_train_state
 from clip_ddpm.training.workdir import ensure_writable_directory, start_run, write_flags
 
@@ -132,7 +133,9 @@ def _prepare_tokenizer(config: ClipTrainConfig, captions: tuple[str, ...], resum
 
 def _tokenize_captions(tokenizer, captions: tuple[str, ...], context_length: int) -> tuple[np.ndarray, np.ndarray]:
     """Caption ids and masks; a caption longer than the context is an error, not a silent cut."""
-    longest = max(len(ids) for ids in tokenizer(list(captions), add_special_tokens=True)["input_ids"])
+    # Decided over every process's captions, so no host stops alone while the others wait for it.
+    lengths = [len(ids) for ids in tokenizer(list(captions), add_special_tokens=True)["input_ids"]]
+    longest = parallel.global_max(max(lengths))
     if longest > context_length:
         raise UserError(f"the longest caption has {longest} tokens but --context_length={context_length}; "
                         f"use --context_length={longest} or more")
@@ -165,13 +168,21 @@ def choose_exported(validation: dict[str, dict[str, float]]) -> str:
 def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     """Trains (or resumes) the CLIP run in config.workdir; evaluates and exports it when done."""
     config, mesh, is_chief, resumed = start_run(config)
+    with holding_workdir(config.workdir, is_chief):
+        return _train_clip(config, mesh, is_chief, resumed)
+
+
+def _train_clip(config: ClipTrainConfig, mesh, is_chief: bool, resumed: bool) -> ClipTrainResult:
     check_export_dir(config.export_path, resumed)
 
     train = load_split(config, "train")
     parallel.check_dataset_fits_batch(len(train), config.batch_size)
     if train.image_size != config.image_size:
         raise UserError(f"dataset images are {train.image_size}px, --image_size is {config.image_size}")
-    tokenizer = _prepare_tokenizer(config, train.captions, resumed, is_chief)
+    with parallel.decided_together("loading the test split"):  # needed at the end: checked before step 0
+        test = load_split(config, "test", num_images=config.eval_size, whole=True) if is_chief else None
+        validation = load_validation(config, train) if is_chief else None
+    tokenizer = _prepare_tokenizer(config, parallel.gather_strings(train.captions), resumed, is_chief)
     ids, mask = _tokenize_captions(tokenizer, train.captions, config.context_length)
     clip_config = build_clip_config(config, tokenizer)
     preprocess = PreprocessConfig.for_image_size(config.image_size)
@@ -179,7 +190,8 @@ def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
         clip=clip_config, preprocess=preprocess, batch_size=config.batch_size, compute_dtype=config.dtype,
         learning_rate=config.learning_rate, lr_decay_steps=config.lr_decay_steps,
         warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-        ema_decay=config.ema_decay, random_flip=config.random_flip, random_shift=config.random_shift)
+        ema_decay=config.ema_decay, random_flip=config.random_flip, random_shift=config.random_shift,
+        skip_nonfinite=config.on_nonfinite == "skip", adam_eps=config.adam_eps)
     optimizer, _ = spec.optimizer()
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
 
@@ -197,7 +209,9 @@ def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     data = parallel.place_dataset({"image": train.images, "input_ids": ids, "attention_mask": mask}, mesh)
     step_fn = make_clip_train_step(spec, mesh)
     train_key = parallel.place_replicated(train_key, mesh)
-    settings = LoopSettings(config.num_steps, config.batch_size, config.log_every, config.checkpoint_every)
+    step_fn = parallel.compiled_for_every_process(step_fn, state, data, train_key)
+    settings = LoopSettings(config.num_steps, config.batch_size, config.log_every, config.checkpoint_every,
+                            on_nonfinite=config.on_nonfinite, max_nonfinite_steps=config.max_nonfinite_steps)
     loop = run_loop(state, lambda s: step_fn(s, data, train_key), settings, checkpoints,
                     MetricWriter(config.workdir, enabled=is_chief), show_progress=is_chief)
     result = ClipTrainResult(step=loop.step, metrics=loop.metrics, images_per_second=loop.images_per_second,
@@ -205,8 +219,6 @@ def train_clip_and_evaluate(config: ClipTrainConfig) -> ClipTrainResult:
     if loop.preempted or loop.step < config.num_steps or not is_chief:
         return result
 
-    test = load_split(config, "test", num_images=config.eval_size, whole=True)
-    validation = load_validation(config, train)
     candidates = {"ema": _local_copy(loop.state.ema_params), "raw": _local_copy(loop.state.params)}
     encoders = {name: CLIPEncoder(clip_config, params, tokenizer, preprocess=preprocess, dtype=spec.model().dtype,
                                   batch_size=config.eval_batch_size, context_length=config.context_length)

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from clip_ddpm.errors import UserError
+from clip_ddpm.training.compilation import run_once_options
 
 CHECKPOINT_DIRNAME = "checkpoints"
 
@@ -65,7 +66,7 @@ class Checkpoints:
         """The latest saved state if there is one (the run resumes), else a fresh `init_fn()`,
         both laid out with `sharding`."""
         if self.latest_step() is None:
-            return jax.jit(init_fn, out_shardings=sharding)()
+            return jax.jit(init_fn, out_shardings=sharding, compiler_options=run_once_options())()
         state = self.restore(abstract_like(jax.eval_shape(init_fn), sharding))
         logging.info("resumed from the checkpoint of step %d", int(state.step))
         return state

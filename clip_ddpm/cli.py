@@ -6,6 +6,7 @@ import logging as std_logging
 from typing import Callable
 
 from clip_ddpm.errors import UserError, exit_with_error
+from clip_ddpm.training.compilation import enable_compilation_cache
 
 _NOISY_LIBRARIES = ("orbax", "etils", "jax/_src")
 
@@ -47,12 +48,14 @@ def run_app(main: Callable[[list[str]], None], argv: list[str] | None = None) ->
 
 def run_command(argv: list[str], command: Callable[[], object]) -> None:
     """The body of every entry point's main(): refuse stray arguments, hide the libraries' INFO
-    chatter, and report a UserError as one line with exit status 2."""
+    chatter, keep compiled programs for the next run (training/compilation.py), and report a
+    UserError as one line with exit status 2."""
     from absl import app
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_library_logs()
+    enable_compilation_cache()
     try:
         command()
     except UserError as error:

@@ -15,7 +15,9 @@ jax.config.update("jax_threefry_partitionable", True)
 # sampler afresh); a persistent compilation cache shared by the session compiles each once.
 import tempfile  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("CLIP_DDPM_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "clip_ddpm_test_jax_cache")))
+_TEST_CACHE = os.environ.get("CLIP_DDPM_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "clip_ddpm_test_jax_cache"))
+jax.config.update("jax_compilation_cache_dir", _TEST_CACHE)
+# Commands that tests start as subprocesses use it too, not the user's cache directory.
+os.environ.setdefault("CLIP_DDPM_COMPILATION_CACHE", _TEST_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,18 +1,20 @@
-"""U-Net: shapes and dtypes, and the CPU matmul path equal to XLA's convolutions (layers checked
-against PyTorch's own conv operators); the architecture itself is checked in test_unet_course.py."""
+"""U-Net: shapes and dtypes, and the CPU fast path equal to the plain one (each layer form is
+checked against PyTorch's operators in test_layers.py; the architecture in test_unet_course.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from clip_ddpm.models.layers import Conv3x3, ConvTranspose2x2, space_to_depth_2x2
+from clip_ddpm.models.layers import space_to_depth_2x2
 from clip_ddpm.models.unet import UNet
+from clip_ddpm.training.compilation import run_once_options
 
 
 def _init(model, size=32, context_dim=512):
     context = jnp.zeros((1, context_dim)) if context_dim else None
-    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,)), context)
+    init = jax.jit(model.init, compiler_options=run_once_options())  # as the trainer initialises
+    return init(jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,)), context)
 
 
 def test_output_shape_and_dtype_bf16_compute_fp32_params():
@@ -39,41 +41,18 @@ def test_context_width_mismatch_is_an_error():
         jax.eval_shape(model.apply, params, jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)), jnp.zeros((1, 4)))
 
 
-def test_conv3x3_matches_torch_conv2d():
-    x = np.random.default_rng(0).normal(size=(2, 6, 5, 4)).astype(np.float32)
-    layer = Conv3x3(7, impl="matmul")
-    params = layer.init(jax.random.key(0), x)
-    ours = np.asarray(layer.apply(params, x))
-    kernel = torch.from_numpy(np.asarray(params["params"]["kernel"]).transpose(3, 2, 0, 1).copy())
-    bias = torch.tensor(np.asarray(params["params"]["bias"]))
-    ref = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), kernel, bias, padding=1)
-    np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), atol=1e-5)
-
-
-@pytest.mark.parametrize("impl", ["matmul", "xla"])
-def test_conv_transpose_matches_torch_conv_transpose2d(impl):
-    x = np.random.default_rng(1).normal(size=(2, 3, 4, 5)).astype(np.float32)
-    layer = ConvTranspose2x2(6, impl=impl)
-    params = layer.init(jax.random.key(0), x)
-    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # non-zero bias
-    ours = np.asarray(layer.apply(params, x))
-    # torch's ConvTranspose2d weight is [in, out, kh, kw].
-    kernel = torch.from_numpy(np.asarray(params["params"]["kernel"]).transpose(2, 3, 0, 1).copy())
-    bias = torch.tensor(np.asarray(params["params"]["bias"]))
-    ref = torch.nn.functional.conv_transpose2d(torch.from_numpy(x).permute(0, 3, 1, 2), kernel, bias, stride=2)
-    assert ours.shape == (2, 6, 8, 6)
-    np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), atol=1e-5)
-
-
 def test_space_to_depth_matches_torch_pixel_unshuffle():
     x = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
     ref = torch.nn.functional.pixel_unshuffle(torch.from_numpy(x).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
     np.testing.assert_array_equal(np.asarray(space_to_depth_2x2(jnp.asarray(x))), ref.numpy())
 
 
-def test_matmul_path_equals_xla_path_forward_and_gradient():
+def test_cpu_fast_path_equals_plain_xla_path_forward_and_gradient():
+    """Per-shape conv forms, matmul transposed convs and the fused GroupNorm+activation compute
+    the same network, and the same gradients, as XLA's convolutions and flax's GroupNorm."""
     kwargs = dict(down_chs=(32, 32, 64), context_dim=6)
-    fast, plain = UNet(conv_impl="matmul", **kwargs), UNet(conv_impl="xla", **kwargs)
+    fast = UNet(conv_impl="auto", upsample_impl="matmul", fused_norm=True, **kwargs)
+    plain = UNet(conv_impl="xla", fused_norm=False, **kwargs)
     params = _init(fast, 8, 6)
     key = jax.random.key(3)
     x = jax.random.normal(key, (2, 8, 8, 3))

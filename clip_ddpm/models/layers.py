@@ -7,6 +7,7 @@ parameters and compute the same numbers; `resolve_conv_impl` picks per backend (
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 Dtype = Any
-CONV_IMPLS = ("auto", "xla", "matmul")
+CONV_IMPLS = ("auto", "xla", "matmul", "hybrid")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -28,7 +29,9 @@ def resolve_conv_impl(conv_impl: str) -> tuple[str, str]:
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     if conv_impl == "auto":
-        return ("xla", "matmul") if jax.default_backend() == "cpu" else ("xla", "xla")
+        return ("auto", "matmul") if jax.default_backend() == "cpu" else ("xla", "xla")
+    if conv_impl == "hybrid":  # the transposed conv's gradients are matmuls in its matmul form
+        return "hybrid", "matmul"
     return conv_impl, conv_impl
 
 
@@ -57,11 +60,89 @@ def space_to_depth_2x2(x: jax.Array) -> jax.Array:
     return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, 4 * c)
 
 
+def conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """XLA's 3x3 'same' convolution, NHWC x HWIO."""
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC)
+
+
+def conv3x3_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The same convolution as im2col + one matmul ([BHW, 9C] @ [9C, O])."""
+    c, o = kernel.shape[2:]
+    return im2col_3x3(x) @ kernel.reshape(9 * c, o)
+
+
+def col2im_3x3(patches: jax.Array) -> jax.Array:
+    """The transpose of im2col_3x3: [B, H, W, 9C] -> [B, H, W, C], each pixel summing the
+    entries of every neighbourhood it belongs to."""
+    b, h, w, nine_c = patches.shape
+    c = nine_c // 9
+    parts = patches.reshape(b, h, w, 9, c)
+    total = sum(jnp.pad(parts[:, :, :, 3 * dy + dx], ((0, 0), (dy, 2 - dy), (dx, 2 - dx), (0, 0)))
+                for dy in range(3) for dx in range(3))
+    return total[:, 1:h + 1, 1:w + 1]
+
+
+def conv3x3_input_grad(grad_out: jax.Array, kernel: jax.Array, form: str) -> jax.Array:
+    """d(conv3x3(x, k))/dx contracted with grad_out, [B, H, W, O] -> [B, H, W, C].
+
+    'xla': the 'same' correlation of grad_out with the kernel flipped in space and with its
+    in/out axes swapped (a forward convolution); 'matmul': grad_out @ kernel^T, then col2im.
+    """
+    c, o = kernel.shape[2:]
+    if form == "xla":
+        return conv3x3_xla(grad_out, kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+    return col2im_3x3(grad_out @ kernel.reshape(9 * c, o).T)
+
+
+def conv3x3_weight_grad(x: jax.Array, grad_out: jax.Array) -> jax.Array:
+    """d(conv3x3(x, k))/dk contracted with grad_out, as one matmul: im2col(x)^T @ grad_out.
+
+    [B, H, W, C], [B, H, W, O] -> [3, 3, C, O]. XLA:CPU computes this gradient as a convolution
+    whose window is the whole feature map, 5-20x slower than the same FLOPs as a matmul.
+    """
+    b, h, w, c = x.shape
+    o = grad_out.shape[-1]
+    patches = im2col_3x3(x).reshape(b * h * w, 9 * c)
+    dk = lax.dot_general(patches, grad_out.reshape(b * h * w, o), (((0,), (0,)), ((), ())),
+                         preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    return dk.reshape(3, 3, c, o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv3x3(x: jax.Array, kernel: jax.Array, forward_form: str = "xla", input_grad_form: str = "xla") -> jax.Array:
+    """A 3x3 'same' convolution whose forward pass and input gradient each take the form named
+    ('xla' or 'matmul'), and whose kernel gradient is always one matmul."""
+    return conv3x3_xla(x, kernel) if forward_form == "xla" else conv3x3_matmul(x, kernel)
+
+
+def _conv3x3_forward(x, kernel, forward_form, input_grad_form):
+    return conv3x3(x, kernel, forward_form, input_grad_form), (x, kernel)
+
+
+def _conv3x3_backward(forward_form, input_grad_form, residuals, grad_out):
+    x, kernel = residuals
+    dx = conv3x3_input_grad(grad_out, kernel, input_grad_form)
+    return dx.astype(x.dtype), conv3x3_weight_grad(x, grad_out).astype(kernel.dtype)
+
+
+conv3x3.defvjp(_conv3x3_forward, _conv3x3_backward)
+
+# Conv3x3.impl -> (forward form, input-gradient form); 'xla' alone differentiates XLA's own
+# convolution (the GPU path: cuDNN computes all three passes well).
+CONV3X3_FORMS = {"matmul": ("matmul", "matmul"), "hybrid": ("xla", "xla")}
+
+
+def choose_conv3x3_forms(input_shape: tuple[int, ...], features: int) -> tuple[str, str]:
+    """The faster form of each pass on XLA:CPU for a 3x3 convolution of this size (measured
+    with benchmarks/conv_forms.py): PLACEHOLDER."""
+    return "xla", "xla"
+
+
 class Conv3x3(nn.Module):
     """3x3 convolution, stride 1, zero 'same' padding, with bias. Kernel is HWIO."""
 
     features: int
-    impl: str = "xla"  # "xla" or "matmul"
+    impl: str = "xla"  # "xla", "matmul", "hybrid" or "auto" (see CONV3X3_FORMS)
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -72,10 +153,11 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
-        if self.impl == "matmul":
-            y = im2col_3x3(x) @ kernel.reshape(9 * in_features, self.features)
+        if self.impl == "xla":
+            y = conv3x3_xla(x, kernel)
         else:
-            y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC)
+            forms = choose_conv3x3_forms(x.shape, self.features) if self.impl == "auto" else CONV3X3_FORMS[self.impl]
+            y = conv3x3(x, kernel, *forms)
         return y + bias.astype(self.dtype)
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_ddpm.models.layers import Conv3x3, ConvTranspose2x2, Dtype, space_to_depth_2x2
+from clip_ddpm.models.norm import GroupNorm
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -41,6 +42,16 @@ def sinusoidal_embedding(t_frac: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def norm_act(groups: int, activation: str, fused: bool, dtype: Dtype, name: str | None = None):
+    """GroupNorm(groups) then the activation: one fused module with a hand-written gradient
+    (models/norm.py), or flax's GroupNorm and the activation as separate operations."""
+    if fused:
+        return GroupNorm(groups, activation, epsilon=1e-5, dtype=dtype, name=name)
+    norm = nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype, name=name)
+    act = {"gelu": gelu, "relu": nn.relu}[activation]
+    return lambda x: act(norm(x))
+
+
 class GELUConv(nn.Module):
     """Conv3x3 -> GroupNorm -> GELU."""
 
@@ -48,12 +59,12 @@ class GELUConv(nn.Module):
     groups: int
     conv_impl: str = "xla"
     dtype: Dtype = jnp.float32
+    fused_norm: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = Conv3x3(self.features, self.conv_impl, self.dtype)(x)
-        x = nn.GroupNorm(num_groups=self.groups, epsilon=1e-5, dtype=self.dtype)(x)
-        return gelu(x)
+        return norm_act(self.groups, "gelu", self.fused_norm, self.dtype)(x)
 
 
 class ResidualConvBlock(nn.Module):
@@ -64,11 +75,12 @@ class ResidualConvBlock(nn.Module):
     groups: int = 8
     conv_impl: str = "xla"
     dtype: Dtype = jnp.float32
+    fused_norm: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x1 = GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x)
-        return x1 + GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x1)
+        x1 = GELUConv(self.features, self.groups, self.conv_impl, self.dtype, self.fused_norm)(x)
+        return x1 + GELUConv(self.features, self.groups, self.conv_impl, self.dtype, self.fused_norm)(x1)
 
 
 class DownBlock(nn.Module):
@@ -78,13 +90,14 @@ class DownBlock(nn.Module):
     groups: int = 32
     conv_impl: str = "xla"
     dtype: Dtype = jnp.float32
+    fused_norm: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x)
-        x = GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x)
+        x = GELUConv(self.features, self.groups, self.conv_impl, self.dtype, self.fused_norm)(x)
+        x = GELUConv(self.features, self.groups, self.conv_impl, self.dtype, self.fused_norm)(x)
         x = space_to_depth_2x2(x)
-        return GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x)
+        return GELUConv(self.features, self.groups, self.conv_impl, self.dtype, self.fused_norm)(x)
 
 
 class UpBlock(nn.Module):
@@ -95,13 +108,14 @@ class UpBlock(nn.Module):
     conv_impl: str = "xla"
     upsample_impl: str = "xla"
     dtype: Dtype = jnp.float32
+    fused_norm: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
         x = jnp.concatenate([x.astype(self.dtype), skip.astype(self.dtype)], axis=-1)
         x = ConvTranspose2x2(self.features, self.upsample_impl, self.dtype)(x)
         for _ in range(4):
-            x = GELUConv(self.features, self.groups, self.conv_impl, self.dtype)(x)
+            x = GELUConv(self.features, self.groups, self.conv_impl, self.dtype, self.fused_norm)(x)
         return x
 
 
@@ -133,6 +147,7 @@ class UNet(nn.Module):
     conv_impl: str = "xla"
     upsample_impl: str | None = None  # transposed-conv form; None: same as conv_impl
     dtype: Dtype = jnp.float32
+    fused_norm: bool = True  # GroupNorm+activation as one op with a hand-written gradient (norm.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, t_frac: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -141,11 +156,11 @@ class UNet(nn.Module):
         if size % 4 or x.shape[2] != size:
             raise ValueError(f"the U-Net needs square images with side divisible by 4, got {x.shape[1:3]}")
         latent = size // 4
-        impl, dt = self.conv_impl, self.dtype
+        impl, dt, fused = self.conv_impl, self.dtype, self.fused_norm
 
-        down0 = ResidualConvBlock(c0, 8, impl, dt, name="down0")(x)
-        down1 = DownBlock(c1, 32, impl, dt, name="down1")(down0)
-        down2 = DownBlock(c2, 32, impl, dt, name="down2")(down1)
+        down0 = ResidualConvBlock(c0, 8, impl, dt, fused, name="down0")(x)
+        down1 = DownBlock(c1, 32, impl, dt, fused, name="down1")(down0)
+        down2 = DownBlock(c2, 32, impl, dt, fused, name="down2")(down1)
 
         z = gelu(down2.reshape(down2.shape[0], -1))  # flattened HWC (PyTorch's order is CHW)
         z = nn.relu(nn.Dense(c1, dtype=dt, name="dense_in")(z))
@@ -154,16 +169,16 @@ class UNet(nn.Module):
         z = z.reshape(-1, latent, latent, c2)
 
         t_emb = sinusoidal_embedding(t_frac, self.t_embed_dim)
-        up0 = GELUConv(c2, 32, impl, dt, name="up0")(z)
+        up0 = GELUConv(c2, 32, impl, dt, fused, name="up0")(z)
         h = self._condition(up0, t_emb, context, c2, "1")
         up_impl = self.upsample_impl or impl
-        up1 = UpBlock(c1, 32, impl, up_impl, dt, name="up1")(h, down2)
+        up1 = UpBlock(c1, 32, impl, up_impl, dt, fused, name="up1")(h, down2)
         h = self._condition(up1, t_emb, context, c1, "2")
-        up2 = UpBlock(c0, 32, impl, up_impl, dt, name="up2")(h, down1)
+        up2 = UpBlock(c0, 32, impl, up_impl, dt, fused, name="up2")(h, down1)
 
         out = jnp.concatenate([up2, down0.astype(dt)], axis=-1)
         out = Conv3x3(c0, impl, dt, name="out_conv0")(out)
-        out = nn.relu(nn.GroupNorm(num_groups=8, epsilon=1e-5, dtype=dt, name="out_norm")(out))
+        out = norm_act(8, "relu", fused, dt, name="out_norm")(out)
         out = Conv3x3(self.out_channels, impl, dt, name="out_conv1")(out)
         return out.astype(jnp.float32)
 

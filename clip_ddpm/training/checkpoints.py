@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from clip_ddpm.errors import UserError
+from clip_ddpm.training.compilation import run_once_options
 
 CHECKPOINT_DIRNAME = "checkpoints"
 DAMAGED_DIRNAME = "damaged_checkpoints"
@@ -106,7 +107,7 @@ class Checkpoints:
         `init_fn()`, both laid out with `sharding`."""
         self._set_aside_unfinished_saves()
         if self.latest_step() is None:
-            return jax.jit(init_fn, out_shardings=sharding)()
+            return jax.jit(init_fn, out_shardings=sharding, compiler_options=run_once_options())()
         state = self._restore_latest_good(abstract_like(jax.eval_shape(init_fn), sharding))
         logging.info("resumed from the checkpoint of step %d", int(state.step))
         return state

@@ -1,0 +1,34 @@
+"""The GPU benchmark runs every figure end to end on the CPU (--smoke), with a stand-in for the
+PyTorch peer script (tests/unet_peer_stub.py), and never imports TensorFlow."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gpu_benchmark_smoke_measures_every_figure_without_tensorflow(tmp_path):
+    peers = tmp_path / "peers"
+    peers.mkdir()
+    shutil.copy(os.path.join(REPO, "tests", "unet_peer_stub.py"), peers / "torch_unet_peer.py")
+    shutil.copy(os.path.join(REPO, "tests", "test_unet_course.py"), peers / "test_unet_course.py")
+    table = tmp_path / "table.md"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env.pop("XLA_FLAGS", None)  # one CPU device, as on a GPU machine's host
+    done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--smoke", f"--peer_dir={peers}",
+                           f"--markdown={table}"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    figures = {row["figure"] for row in rows}
+    assert len(figures) == 6, figures  # 1 train batch, DDPM and DDIM sampling, CLIP image and text
+    assert {(f, side) for f in figures for side in ("ours", "eager_fp32", "compile_fp32")} == \
+        {(row["figure"], row["side"]) for row in rows}
+    for row in rows:
+        assert row["per_s"] > 0 and row["seconds"] > 0 and row["first_s"] > 0, row
+        assert row["tensorflow_loaded"] is False, row
+        if row["side"] == "ours":
+            assert row["flops"] > 0, row
+    text = table.read_text()
+    assert text.count("\n| ") == 7 and "failed" not in text  # header and six figures

@@ -34,6 +34,8 @@ class StepConfig:
     context_drop: str = "sample"
     ema_decay: float = 0.999
     random_flip: bool = False
+    # A gap-closing map of the contexts (conditioning.ContextTransform), applied before dropout.
+    context_transform: conditioning.ContextTransform | None = None
 
 
 def step_randomness(key: jax.Array, step: jax.Array, image_shape: tuple[int, ...],
@@ -65,6 +67,8 @@ def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: o
         x_t = diffusion.q_sample(schedule, x0, t, eps)
         context = batch.get("context")
         if context is not None:
+            if step_config.context_transform is not None:
+                context = step_config.context_transform.for_training(jax.random.fold_in(key_drop, 1), context)
             context = conditioning.drop_context(key_drop, context, step_config.context_drop_prob,
                                                 step_config.context_drop)
             context = jax.lax.with_sharding_constraint(context, batch_sharding)

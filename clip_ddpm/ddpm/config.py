@@ -10,6 +10,7 @@ import dataclasses
 from typing import ClassVar
 
 from clip_ddpm.diffusion.conditioning import CONTEXT_TRANSFORMS, DROP_MODES
+from clip_ddpm.diffusion.forward import LOSS_WEIGHTINGS
 from clip_ddpm.diffusion.samplers import SAMPLERS
 from clip_ddpm.diffusion.schedules import SCHEDULES
 from clip_ddpm.errors import UserError
@@ -50,6 +51,9 @@ class Config(RunConfig):
     schedule: str = field("linear", "Noise schedule.", SCHEDULES)
     beta_start: float = field(1e-4, "First beta of the linear schedule.")
     beta_end: float = field(0.02, "Last beta of the linear schedule.")
+    loss_weighting: str = field("uniform", "Weights of the timesteps in the ε loss: uniform (the course) or "
+                                           "min_snr (min(SNR, gamma)/SNR).", LOSS_WEIGHTINGS)
+    min_snr_gamma: float = field(5.0, "With --loss_weighting=min_snr: gamma.")
 
     # Sample grids written during training.
     sample_guidance: tuple[float, ...] = field((0.0, 1.0, 2.0), "Guidance weights w, one grid row each.")
@@ -84,6 +88,8 @@ class Config(RunConfig):
             raise UserError(f"--context_transform=gapshift needs a CLIP condition, not --condition={self.condition}")
         if not 0.0 <= self.lafite_xi <= 1.0:
             raise UserError(f"--lafite_xi must be in [0, 1], got {self.lafite_xi}")
+        if self.min_snr_gamma <= 0.0:
+            raise UserError(f"--min_snr_gamma must be positive, got {self.min_snr_gamma}")
         if self.gap_noise_std < 0.0:
             raise UserError(f"--gap_noise_std must not be negative, got {self.gap_noise_std}")
         if self.condition in ("clip_image", "clip_text") and not self.clip_model:

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from clip_ddpm import diffusion
 from clip_ddpm.diffusion import conditioning
+from clip_ddpm.diffusion.forward import loss_weights
 from clip_ddpm.training.batches import draw_batch
 from clip_ddpm.training.parallel import data_sharded, replicated
 from clip_ddpm.training.train_state import TrainState, apply_gradients, tree_l2_norm
@@ -36,6 +37,8 @@ class StepConfig:
     random_flip: bool = False
     # A gap-closing map of the contexts (conditioning.ContextTransform), applied before dropout.
     context_transform: conditioning.ContextTransform | None = None
+    loss_weighting: str = "uniform"  # diffusion.forward.LOSS_WEIGHTINGS
+    min_snr_gamma: float = 5.0
 
 
 def step_randomness(key: jax.Array, step: jax.Array, image_shape: tuple[int, ...],
@@ -74,8 +77,10 @@ def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: o
             context = jax.lax.with_sharding_constraint(context, batch_sharding)
         t_frac = t.astype(jnp.float32) / num_timesteps
 
+        weights = loss_weights(schedule, t, step_config.loss_weighting, step_config.min_snr_gamma)
+
         def loss_fn(params):
-            return diffusion.eps_loss(model.apply(params, x_t, t_frac, context), eps)
+            return diffusion.eps_loss(model.apply(params, x_t, t_frac, context), eps, weights)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         new_state = apply_gradients(state, grads, optimizer, step_config.ema_decay)

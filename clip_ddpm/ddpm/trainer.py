@@ -68,7 +68,8 @@ def train_and_evaluate(config: Config, stop_at: int | None = None) -> TrainResul
     data = parallel.place_dataset(contexts.device_fields(dataset), mesh)
     step_fn = make_train_step(model, schedule, optimizer, lr_fn,
                               StepConfig(config.context_drop_prob, config.context_drop, config.ema_decay,
-                                         context_transform=transform),
+                                         context_transform=transform, loss_weighting=config.loss_weighting,
+                                         min_snr_gamma=config.min_snr_gamma),
                               mesh)
     train_iteration = make_data_train_step(step_fn, config.batch_size, config.random_flip, mesh,
                                            contexts.batch_context)

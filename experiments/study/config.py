@@ -77,12 +77,18 @@ class StudyConfig:
     sampling_steps: int = flag_lib.field(50, "DDIM steps.")
     sampling_batch: int = flag_lib.field(512, "Most images drawn in one sampler call.")
     sample_seed: int = flag_lib.field(0, "Seed of the study's samples.")
-    grid_prompts: int = flag_lib.field(12, "Test prompts shown in each variant's sample grid.")
+    grid_prompts: int = flag_lib.field(12, "Validation prompts shown in each variant's sample grid.")
+
+    # Sizing: print the FLOPs estimate of the study (XLA cost analysis) and stop.
+    estimate_only: bool = flag_lib.field(False, "Only estimate the study's time from its FLOPs; run nothing.")
+    peak_tflops: float = flag_lib.field(790.0, "Dense bf16 peak of the accelerator, TFLOP/s (H200: 790).")
+    sustained_fraction: float = flag_lib.field(0.25, "Fraction of the peak the estimate assumes is sustained.")
 
     # Fields that only change how a study is reported, never what it computes.
     # (The recipe flagfiles are compared through the resolved --ddpm_* and --clip_* values.)
-    RESUMABLE_FIELDS: ClassVar[frozenset[str]] = frozenset({"workdir", "grid_prompts", "oracle_min_accuracy",
-                                                            "ddpm_flagfile", "clip_flagfile"})
+    RESUMABLE_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "workdir", "grid_prompts", "oracle_min_accuracy", "ddpm_flagfile", "clip_flagfile", "estimate_only",
+        "peak_tflops", "sustained_fraction"})
 
     def validate(self) -> "StudyConfig":
         if not self.workdir:

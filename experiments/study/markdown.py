@@ -117,7 +117,7 @@ def render_report(results: dict) -> str:
               "*all right*: the judge reads every attribute of the prompt off the image; *FD*: Fréchet distance "
               "to the real test images in the judge's feature space (real images: the training images against "
               "the test images, same count); *diversity*: mean pairwise feature distance within a prompt "
-              "(real images: within a class); *CLIP score*: 100 × mean clipped cosine of image and prompt.",
+              "(real images: within a class); *CLIP score*: the mean clipped cosine of image and prompt, in percent.",
               "", "## Guidance sweep (validation prompts)", "", _sweep_table(results), "",
               f"![accuracy against w]({results['files']['plot']})", ""]
     if results["embedding_health"]:

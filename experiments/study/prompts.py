@@ -26,7 +26,9 @@ def known_templates(is_shapes: bool) -> frozenset[str]:
     """The phrasings the CLIP and the captions already use (study prompts must avoid them)."""
     if is_shapes:
         return frozenset(shapes.CAPTION_TEMPLATES) | frozenset(shapes.PROMPT_TEMPLATES)
-    return frozenset(caption_lib.DEFAULT_TEMPLATES)
+    from clip_ddpm.data.tfds_data import SOURCES
+
+    return frozenset(caption_lib.DEFAULT_TEMPLATES).union(*(source.templates for source in SOURCES.values()))
 
 
 def fill(template: str, class_name: str, is_shapes: bool) -> str:

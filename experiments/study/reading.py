@@ -23,7 +23,7 @@ def _points(value: float) -> str:
 
 
 def reading(results: dict) -> list[str]:
-    test, summary = results["test"], results["summary"]
+    summary, targets = results["summary"], results["targets"]
     both = summary["both"]
     chosen = results["chosen_guidance"]
     out = []
@@ -35,18 +35,19 @@ def reading(results: dict) -> list[str]:
                f"on every attribute, at w = {chosen[ranked[0]]:g})"
                + (f", ahead of {ranked[1]} ({percent(both[ranked[1]])})." if len(ranked) > 1 else "."))
     if "text" in both:
-        met = "meets" if both["text"] >= TEXT_TARGET else "misses"
+        met = "meets" if both["text"] >= targets["text_accuracy"] else "misses"
         out.append(f"Trained on text labels the DDPM reaches {percent(both['text'])}, which {met} the "
-                   f"{percent(TEXT_TARGET)} wanted of a DDPM good enough to make the comparison informative.")
+                   f"{percent(targets['text_accuracy'])} wanted of a DDPM good enough to make the comparison "
+                   "informative.")
     best = summary.get("best_language_free")
     if best is not None and "ratio_to_text" in summary:
         ratio = summary["ratio_to_text"]
-        verdict = "reaches" if ratio >= RATIO_TARGET else "falls short of"
+        verdict = "reaches" if ratio >= targets["ratio_to_text"] else "falls short of"
         out.append(f"Without text labels the best variant is {best} at {percent(both[best])}: "
                    f"{percent(ratio)} of the text variant's accuracy "
                    f"({_points(summary['gap_to_text_points'])} points behind), so it {verdict} the target of "
-                   f"{percent(RATIO_TARGET)}.")
-        if ratio < RATIO_TARGET:
+                   f"{percent(targets['ratio_to_text'])}.")
+        if ratio < targets["ratio_to_text"]:
             out += _diagnosis(results, best)
     gains = summary.get("gain_over_image_points", {})
     for variant, gain in sorted(gains.items()):
@@ -59,7 +60,7 @@ def reading(results: dict) -> list[str]:
                    f"{_points(gains['image_elementwise'])} points.")
     for floor in ("class", "none"):
         if floor in both:
-            role = "one-hot labels" if floor == "class" else "no context (the floor)"
+            role = "one-hot labels" if floor == "class" else "no context: the floor"
             out.append(f"For reference, {floor} ({role}) reaches {percent(both[floor])}.")
     return out
 

@@ -5,8 +5,6 @@ report.md, whose every number is read from results.json.
 from __future__ import annotations
 
 import csv
-import dataclasses
-import math
 import os
 
 import numpy as np
@@ -17,8 +15,8 @@ from clip_ddpm.evaluation.tables import mean_std
 
 from .files import write_json
 from .markdown import render_report
-from .reading import reading
-from .variants import VARIANTS, run_dir, uses_prompts
+from .reading import RATIO_TARGET, TEXT_TARGET, reading
+from .variants import VARIANTS, run_dir
 
 REPORT_FILENAME, RESULTS_JSON, RESULTS_CSV = "report.md", "results.json", "results.csv"
 PLOT_FILENAME = "accuracy_vs_guidance.png"
@@ -66,12 +64,14 @@ def assemble(setup, clip, scorer, health, judge, scores_val, scores_test, chosen
             "validation_templates": list(study.validation_templates), "test_templates": list(study.test_templates),
             "validation_prompts": len(validation.texts), "test_prompts": len(test.texts),
             "validation_samples": study.validation_samples, "test_samples": study.test_samples,
+            "grid_prompts": study.grid_prompts,
         },
+        "targets": {"text_accuracy": TEXT_TARGET, "ratio_to_text": RATIO_TARGET},
         "clip": None if clip is None else {"path": clip.path, "source": clip.source},
         "scorer_clip": None if scorer is None else {"path": scorer.path, "source": scorer.source},
         "embedding_health": health,
         "judge": {"name": judge.name, "attributes": list(judge.attributes), "accuracy_on_real": accuracy_on_real,
-                  "real_images": int(references.get("real_images", 0)) or None,
+                  "real_images": references["real_images"],
                   "min_accuracy": study.oracle_min_accuracy, "feature_space": judge.feature_space,
                   "trusted": all(accuracy_on_real[a] >= study.oracle_min_accuracy for a in judge.attributes)},
         "holdout_classes": list(holdout),

@@ -62,6 +62,15 @@ def run_study(setup: StudySetup) -> dict | None:
     from .scoring import Scorers, choose_guidance, real_references, sample_and_score
 
     study = setup.study
+    if study.estimate_only:
+        from .budget import estimate_study
+
+        rate = study.peak_tflops * 1e12 * study.sustained_fraction
+        estimate = estimate_study(setup, rate)
+        print(f"Estimated from XLA's FLOP counts at {study.sustained_fraction:.0%} of {study.peak_tflops:g} TFLOP/s "
+              f"({rate / 1e12:.0f} TFLOP/s sustained; compilation and host work not included):\n{estimate.table()}",
+              flush=True)
+        return None
     resumed = check_and_save(setup)
     parallel.configure_jax()
     progress = Progress(study.workdir, PHASES)

@@ -140,6 +140,7 @@ def real_references(scorers: Scorers, real_images: np.ndarray, real_labels: np.n
     for label, encoder in scorers.clips.items():
         out[f"clip_score_{label}"] = clip_score(encoder, real_images[has_prompt], prompts.texts, prompt_index)
     out["fd_images"] = int(min(count, len(train_images)))
+    out["real_images"] = int(len(real_images))
     return out
 
 

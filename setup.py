@@ -22,6 +22,7 @@ setup(
         "numpy",
         "pillow",
         "tqdm",
+        "matplotlib",  # the study's plot of accuracy against guidance (imported only there)
         "tensorboardX",
     ],
     extras_require={

@@ -3,7 +3,7 @@ diversity, the oracle's accuracies, the embedding-health figures and mean/spread
 import numpy as np
 import pytest
 
-from clip_ddpm.evaluation import diversity, embedding_health, frechet, tables
+from clip_ddpm.evaluation import diversity, embedding_health, frechet, image_stats, tables
 from clip_ddpm.evaluation.oracle import OracleSpec, attribute_scores, oracle_outputs, train_oracle
 
 
@@ -99,3 +99,11 @@ def test_mean_std_and_formatting():
     assert tables.mean_std([0.4])["std"] == 0.0
     assert tables.with_spread({"mean": 0.8534, "std": 0.0121, "n": 3}) == "85.3% ± 1.2%"
     assert tables.markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n| --- | --- |\n| 1 | 2 |"
+
+
+def test_border_saturation_reads_only_the_frame():
+    images = np.zeros((2, 6, 6, 3), np.uint8)
+    images[:, 2:4, 2:4] = (255, 0, 0)  # a saturated centre outside a 2-pixel frame: ignored
+    images[0, 0, 0] = (30, 10, 20)  # one frame pixel with saturation 20 in the first image
+    # 32 frame pixels per image, 64 in all: mean saturation 20 / 64.
+    assert image_stats.border_saturation(images, width=2) == pytest.approx(20 / 64)

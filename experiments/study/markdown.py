@@ -5,6 +5,7 @@ from clip_ddpm.evaluation.tables import decimal, markdown_table, percent, with_s
 
 METRIC_TITLES = {"accuracy_both": "all right", "accuracy_shape": "shape", "accuracy_colour": "colour",
                  "accuracy_class": "class", "fd": "FD", "diversity": "diversity",
+                 "border_saturation": "border saturation",
                  "clip_score_conditioning": "CLIP score (conditioning CLIP)",
                  "clip_score_independent": "CLIP score (independent CLIP)",
                  "accuracy_both_seen": "all right, seen pairs", "accuracy_both_unseen": "all right, unseen pairs"}
@@ -19,7 +20,7 @@ def _cell(metric: str, stats: dict) -> str:
 def _metrics(results: dict) -> list[str]:
     present = {m for v in results["test"].values() for m in v}
     attributes = [f"accuracy_{a}" for a in results["judge"]["attributes"] if a != "class"]
-    order = ["accuracy_both"] + attributes + ["fd", "diversity", "clip_score_conditioning",
+    order = ["accuracy_both"] + attributes + ["fd", "diversity", "border_saturation", "clip_score_conditioning",
                                              "clip_score_independent", "accuracy_both_seen", "accuracy_both_unseen"]
     return [m for m in order if m in present]
 
@@ -117,7 +118,8 @@ def render_report(results: dict) -> str:
               "*all right*: the judge reads every attribute of the prompt off the image; *FD*: Fréchet distance "
               "to the real test images in the judge's feature space (real images: the training images against "
               "the test images, same count); *diversity*: mean pairwise feature distance within a prompt "
-              "(real images: within a class); *CLIP score*: the mean clipped cosine of image and prompt, in percent.",
+              "(real images: within a class); *border saturation*: mean max(R,G,B) − min(R,G,B) of the pixels "
+              "along the image edges, in pixel levels (grey backgrounds: near zero); *CLIP score*: the mean clipped cosine of image and prompt, in percent.",
               "", "## Guidance sweep (validation prompts)", "", _sweep_table(results), "",
               f"![accuracy against w]({results['files']['plot']})", ""]
     if results["embedding_health"]:

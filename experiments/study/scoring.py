@@ -6,7 +6,8 @@ reported numbers never took part in choosing it. Per (variant, seed) the images 
 kept in W/variants/NAME/seedS/study/, and a resumed study reuses them.
 
 Scores of one set of samples: the judge's accuracy per attribute and on all of them ("both"),
-the Fréchet distance of the judge's features to the real test images, the CLIP score (100 x the
+the Fréchet distance of the judge's features to the real test images, the saturation of the
+image border (the shapes' backgrounds are grey), the CLIP score (100 x the
 mean clipped cosine of image and prompt) with each scoring CLIP, the diversity (mean pairwise
 feature distance within a prompt) and, with held-out pairs, the accuracy on seen and unseen
 classes apart.
@@ -21,6 +22,7 @@ import numpy as np
 
 from clip_ddpm.evaluation.diversity import grouped_diversity
 from clip_ddpm.evaluation.frechet import frechet_distance
+from clip_ddpm.evaluation.image_stats import border_saturation
 from clip_ddpm.evaluation.metrics import normalize
 from clip_ddpm.evaluation.oracle import attribute_scores
 
@@ -71,6 +73,7 @@ def score_images(scorers: Scorers, images: np.ndarray, labels: np.ndarray, promp
     targets = scorers.judge.targets(labels)
     out = {f"accuracy_{name}": value for name, value in attribute_scores(predictions, targets).items()}
     out["fd"] = frechet_distance(features, scorers.real_features)
+    out["border_saturation"] = border_saturation(images)
     if np.max(np.bincount(prompt_index)) >= 2:
         out["diversity"] = grouped_diversity(features, prompt_index)
     for label, encoder in scorers.clips.items():
@@ -132,6 +135,7 @@ def real_references(scorers: Scorers, real_images: np.ndarray, real_labels: np.n
     out = {f"accuracy_{k}": v for k, v in scorers.judge.real_accuracy.items()}
     train_features, _ = scorers.judge.outputs(train_images[:count])
     out["fd"] = frechet_distance(train_features, scorers.real_features)
+    out["border_saturation"] = border_saturation(real_images)
     keep = np.concatenate([np.flatnonzero(real_labels == k)[:samples] for k in np.unique(real_labels)])
     out["diversity"] = grouped_diversity(scorers.real_features[keep], real_labels[keep])
     first = {label: i for i, label in reversed(list(enumerate(prompts.labels)))}

@@ -2,9 +2,11 @@
 
 Class labels become one-hot vectors, a context file is read as is, and text prompts go through
 the very CLIP named in the run's flags.txt, normalised exactly as the training contexts were
-(`embedding_cache.as_contexts`). That last path is what lets a run trained on CLIP *image*
-embeddings (--condition=clip_image), which never saw a caption, be sampled from text: CLIP puts
-a caption and a matching picture close together in one space.
+(`embedding_cache.as_contexts`) and then mapped by the run's gap-closing transform, if it has one
+(`ddpm.context_transform`: a gapshift run centres prompts on the text mean it recorded). That
+last path is what lets a run trained on CLIP *image* embeddings (--condition=clip_image), which
+never saw a caption, be sampled from text: CLIP puts a caption and a matching picture close
+together in one space.
 """
 from __future__ import annotations
 

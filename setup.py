@@ -26,6 +26,7 @@ setup(
         "numpy",
         "pillow",
         "tqdm",
+        "matplotlib",  # the study's plot of accuracy against guidance (imported only there)
         "tensorboardX",
     ],
     extras_require={

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from clip_ddpm.diffusion.conditioning import DROP_MODES
+from clip_ddpm.diffusion.conditioning import CONTEXT_TRANSFORMS, DROP_MODES
+from clip_ddpm.diffusion.forward import LOSS_WEIGHTINGS
 from clip_ddpm.diffusion.samplers import SAMPLERS
 from clip_ddpm.diffusion.schedules import SCHEDULES
 from clip_ddpm.errors import UserError
@@ -35,6 +36,11 @@ class Config(RunConfig):
                                     "~/.cache/clip_ddpm).")
     context_drop: str = field("sample", "Classifier-free dropout: whole vector or elementwise.", DROP_MODES)
     context_drop_prob: float = field(0.1, "Probability that a context (or element) is dropped.")
+    context_transform: str = field("none", "Gap-closing map of CLIP contexts: LAFITE noise, or centring "
+                                           "each modality on its training mean (gapshift).", CONTEXT_TRANSFORMS)
+    lafite_xi: float = field(0.1, "With --context_transform=lafite: the noise level xi in [0, 1].")
+    gap_noise_std: float = field(0.0, "With --context_transform=gapshift: per-dimension Gaussian noise "
+                                      "added to training contexts.")
 
     # Model.
     down_chs: tuple[int, ...] = field((256, 256, 512), "U-Net channels at the three resolutions.")
@@ -46,10 +52,13 @@ class Config(RunConfig):
     schedule: str = field("linear", "Noise schedule.", SCHEDULES)
     beta_start: float = field(1e-4, "First beta of the linear schedule.")
     beta_end: float = field(0.02, "Last beta of the linear schedule.")
+    loss_weighting: str = field("uniform", "Weights of the timesteps in the ε loss: uniform (the course) or "
+                                           "min_snr (min(SNR, gamma)/SNR).", LOSS_WEIGHTINGS)
+    min_snr_gamma: float = field(5.0, "With --loss_weighting=min_snr: gamma.")
 
     # Sample grids written during training.
     sample_guidance: tuple[float, ...] = field((0.0, 1.0, 2.0), "Guidance weights w, one grid row each.")
-    sample_columns: int = field(10, "Conditions (classes or dataset contexts) per grid row.")
+    sample_columns: int = field(10, "Conditions (classes or dataset contexts) per grid row (0: no grids).")
     sampler: str = field("ddim", "Sampler for the grids written during training.", SAMPLERS)
     sampling_steps: int = field(50, "DDIM steps for those grids.")
     clip_denoised: bool = field(False, "Clip the sampler's estimate of x0 to [-1, 1] at every step, in "
@@ -77,8 +86,20 @@ class Config(RunConfig):
             raise UserError(f"--context_drop_prob must be in [0, 1), got {self.context_drop_prob}")
         if self.condition == "embedding" and not self.context_file:
             raise UserError("--condition=embedding needs --context_file")
+        if self.context_transform == "lafite" and self.condition not in ("embedding", "clip_image", "clip_text"):
+            raise UserError(f"--context_transform=lafite needs context vectors, not --condition={self.condition}")
+        if self.context_transform == "gapshift" and self.condition not in ("clip_image", "clip_text"):
+            raise UserError(f"--context_transform=gapshift needs a CLIP condition, not --condition={self.condition}")
+        if not 0.0 <= self.lafite_xi <= 1.0:
+            raise UserError(f"--lafite_xi must be in [0, 1], got {self.lafite_xi}")
+        if self.min_snr_gamma <= 0.0:
+            raise UserError(f"--min_snr_gamma must be positive, got {self.min_snr_gamma}")
+        if self.gap_noise_std < 0.0:
+            raise UserError(f"--gap_noise_std must not be negative, got {self.gap_noise_std}")
         if self.condition in ("clip_image", "clip_text") and not self.clip_model:
             raise UserError(f"--condition={self.condition} needs --clip_model")
+        if self.sample_columns < 0:
+            raise UserError(f"--sample_columns must not be negative, got {self.sample_columns}")
         if self.sampling_steps < 1 or self.sampling_steps > self.timesteps:
             raise UserError(f"--sampling_steps must be in [1, {self.timesteps}], got {self.sampling_steps}")
         return self

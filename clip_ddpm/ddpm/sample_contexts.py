@@ -2,9 +2,11 @@
 
 Class labels become one-hot vectors, a context file is read as is, and text prompts go through
 the very CLIP named in the run's flags.txt, normalised exactly as the training contexts were
-(`embedding_cache.as_contexts`). That last path is what lets a run trained on CLIP *image*
-embeddings (--condition=clip_image), which never saw a caption, be sampled from text: CLIP puts
-a caption and a matching picture close together in one space.
+(`embedding_cache.as_contexts`) and then mapped by the run's gap-closing transform, if it has one
+(`ddpm.context_transform`: a gapshift run centres prompts on the text mean it recorded). That
+last path is what lets a run trained on CLIP *image* embeddings (--condition=clip_image), which
+never saw a caption, be sampled from text: CLIP puts a caption and a matching picture close
+together in one space.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 from clip_ddpm.clip.embedding_cache import as_contexts
 from clip_ddpm.clip.encoder import CLIPEncoder
 from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.context_transform import load_context_transform
 from clip_ddpm.ddpm.contexts import read_context_array
 from clip_ddpm.errors import UserError
 from clip_ddpm.training.workdir import RunInfo, check_same_clip
@@ -52,7 +55,8 @@ def contexts_for_request(request, config: Config, info: RunInfo) -> tuple[np.nda
         if vectors.shape[1] != info.context_dim:
             raise UserError(f"--clip_model {config.clip_model} gives {vectors.shape[1]}-wide embeddings but this "
                             f"run was trained on {info.context_dim}-wide contexts (has the model changed?)")
-        return vectors, list(request.prompts)
+        # A gap-closing run maps prompts as its training recorded (gapshift: centred on the text mean).
+        return load_context_transform(request.workdir, config).for_sampling(vectors), list(request.prompts)
     if request.context_file:
         vectors = read_context_array(request.context_file, allow_single=True)
         if vectors.shape[1] != info.context_dim:

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from clip_ddpm import diffusion
 from clip_ddpm.diffusion import conditioning
+from clip_ddpm.diffusion.forward import loss_weights
 from clip_ddpm.training.batches import draw_batch
 from clip_ddpm.training.guard import guard_update
 from clip_ddpm.training.parallel import data_sharded, replicated
@@ -35,6 +36,10 @@ class StepConfig:
     context_drop: str = "sample"
     ema_decay: float = 0.999
     skip_nonfinite: bool = False  # --on_nonfinite=skip: a non-finite step leaves the state as it was
+    # A gap-closing map of the contexts (conditioning.ContextTransform), applied before dropout.
+    context_transform: conditioning.ContextTransform | None = None
+    loss_weighting: str = "uniform"  # diffusion.forward.LOSS_WEIGHTINGS
+    min_snr_gamma: float = 5.0
 
 
 def step_randomness(key: jax.Array, step: jax.Array, image_shape: tuple[int, ...],
@@ -68,13 +73,17 @@ def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: o
         x_t = diffusion.q_sample(schedule, x0, t, eps)
         context = batch.get("context")
         if context is not None:
+            if step_config.context_transform is not None:
+                context = step_config.context_transform.for_training(jax.random.fold_in(key_drop, 1), context)
             context = conditioning.drop_context(key_drop, context, step_config.context_drop_prob,
                                                 step_config.context_drop)
             context = jax.lax.with_sharding_constraint(context, batch_sharding)
         t_frac = t.astype(jnp.float32) / num_timesteps
 
+        weights = loss_weights(schedule, t, step_config.loss_weighting, step_config.min_snr_gamma)
+
         def loss_fn(params):
-            return diffusion.eps_loss(model.apply(params, x_t, t_frac, context), eps)
+            return diffusion.eps_loss(model.apply(params, x_t, t_frac, context), eps, weights)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         new_state = apply_gradients(state, grads, optimizer, step_config.ema_decay)

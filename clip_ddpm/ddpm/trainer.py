@@ -8,6 +8,7 @@ from absl import logging
 
 from clip_ddpm.ddpm import builders
 from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.context_transform import build_context_transform, save_context_transform
 from clip_ddpm.ddpm.step import StepConfig, make_data_train_step, make_train_step
 from clip_ddpm.diffusion.grid import make_sampler, sample_grid
 from clip_ddpm.errors import UserError
@@ -46,6 +47,7 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
     if dataset.image_size != config.image_size:
         raise UserError(f"dataset images are {dataset.image_size}px, --image_size is {config.image_size}")
     contexts = builders.build_context_source(config, dataset, recorded_clip(config.workdir) if resumed else ("", ""))
+    transform = build_context_transform(config, dataset, contexts)
     model = builders.build_model(config, contexts.dim)
     schedule = builders.build_schedule(config)
     optimizer, lr_fn = make_optimizer(config.learning_rate, config.lr_decay_steps, config.warmup_steps,
@@ -64,6 +66,7 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
                                                condition=config.condition,
                                                clip_weights_hash=contexts.clip_weights_hash,
                                                clip_fingerprint=contexts.clip_fingerprint))
+        save_context_transform(config.workdir, transform)
     num_params = count_params(state.params)
     logging.info("U-Net: %s parameters; %d devices; %d training images", f"{num_params:,}",
                  mesh.devices.size, len(dataset))
@@ -71,7 +74,9 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
     data = parallel.place_dataset(contexts.device_fields(dataset), mesh)
     step_fn = make_train_step(model, schedule, optimizer, lr_fn,
                               StepConfig(config.context_drop_prob, config.context_drop, config.ema_decay,
-                                         skip_nonfinite=config.on_nonfinite == "skip"),
+                                         skip_nonfinite=config.on_nonfinite == "skip",
+                                         context_transform=transform, loss_weighting=config.loss_weighting,
+                                         min_snr_gamma=config.min_snr_gamma),
                               mesh)
     train_iteration = make_data_train_step(step_fn, config.batch_size, config.random_flip, mesh,
                                            contexts.batch_context)
@@ -79,6 +84,8 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
     train_iteration = parallel.compiled_for_every_process(train_iteration, state, data, train_key)
 
     grid_contexts, _ = contexts.grid_contexts(dataset, config.sample_columns)
+    if grid_contexts is not None and contexts.kind == "vectors":
+        grid_contexts = transform.for_training_grid(grid_contexts)
     columns = config.sample_columns if grid_contexts is None else len(grid_contexts)
     sampler_fn = make_sampler(model, schedule, (config.image_size, config.image_size, 3),
                               config.sampler, config.sampling_steps, clip_denoised=config.clip_denoised, mesh=mesh)
@@ -92,6 +99,7 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
     settings = LoopSettings(config.num_steps, config.batch_size, config.log_every, config.checkpoint_every,
                             config.sample_every, stop_at, config.on_nonfinite, config.max_nonfinite_steps)
     result = run_loop(state, lambda s: train_iteration(s, data, train_key), settings, checkpoints,
-                      MetricWriter(config.workdir, enabled=is_chief), write_samples, show_progress=is_chief)
+                      MetricWriter(config.workdir, enabled=is_chief), write_samples if columns else None,
+                      show_progress=is_chief)
     return TrainResult(step=result.step, metrics=result.metrics, images_per_second=result.images_per_second,
                        num_params=num_params, preempted=result.preempted)

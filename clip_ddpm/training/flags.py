@@ -34,23 +34,25 @@ def new_default(config_class: type, name: str, default: Any) -> Any:
     return field(default, metadata["help"], metadata["enum"])
 
 
-def define_flags(flag_values: flags.FlagValues, config_class: type) -> None:
-    """Defines one absl flag per field of `config_class` in `flag_values`."""
+def define_flags(flag_values: flags.FlagValues, config_class: type, prefix: str = "") -> None:
+    """Defines one absl flag per field of `config_class` in `flag_values`, named `prefix` + field
+    name (a prefix lets one command hold several run configurations, e.g. --clip_num_steps)."""
     for item in dataclasses.fields(config_class):
         help_text, enum = item.metadata["help"], item.metadata["enum"]
+        name = prefix + item.name
         default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
         if enum:
-            flags.DEFINE_enum(item.name, default, enum, help_text, flag_values=flag_values)
+            flags.DEFINE_enum(name, default, enum, help_text, flag_values=flag_values)
         elif item.type == "bool":
-            flags.DEFINE_bool(item.name, default, help_text, flag_values=flag_values)
+            flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
         elif item.type == "int":
-            flags.DEFINE_integer(item.name, default, help_text, flag_values=flag_values)
+            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
         elif item.type == "float":
-            flags.DEFINE_float(item.name, default, help_text, flag_values=flag_values)
+            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
         elif item.type == "str":
-            flags.DEFINE_string(item.name, default, help_text, flag_values=flag_values)
+            flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
         else:  # tuples are comma-separated lists
-            flags.DEFINE_list(item.name, [str(v) for v in default], help_text, flag_values=flag_values)
+            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
 
 
 def _convert(item: dataclasses.Field, value: Any) -> Any:
@@ -63,14 +65,15 @@ def _convert(item: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def from_flags(flag_values: flags.FlagValues, config_class: type, **overrides: Any) -> Any:
-    """The `config_class` the parsed flags describe; bad list items are a UserError."""
+def from_flags(flag_values: flags.FlagValues, config_class: type, prefix: str = "", **overrides: Any) -> Any:
+    """The `config_class` the parsed flags (named `prefix` + field) describe; bad list items are
+    a UserError."""
     values = {}
     for item in dataclasses.fields(config_class):
         try:
-            values[item.name] = _convert(item, flag_values[item.name].value)
+            values[item.name] = _convert(item, flag_values[prefix + item.name].value)
         except ValueError as error:
-            raise UserError(f"--{item.name}: {error}") from None
+            raise UserError(f"--{prefix}{item.name}: {error}") from None
     values.update(overrides)
     return config_class(**values)
 

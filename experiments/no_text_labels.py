@@ -1,0 +1,35 @@
+"""python experiments/no_text_labels.py --flagfile=experiments/configs/shapes_study_cpu.cfg
+
+The "no text labels" study: trains the variants (text, image, image_noise, image_gapshift,
+class, none, image_elementwise), samples them from text prompts, scores them with an oracle and
+writes W/report.md, W/results.csv and W/results.json. Rerunning it resumes; a finished study only
+gets its report written again. The command only parses flags and calls `run_study`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from experiments.study.config import define_study_flags  # noqa: E402
+
+define_study_flags(flags.FLAGS)
+
+
+def main(argv: list[str]) -> None:
+    from clip_ddpm.cli import run_command
+
+    def command():
+        from experiments.study.config import setup_from_flags
+        from experiments.study.runner import run_study
+
+        return run_study(setup_from_flags(flags.FLAGS))
+
+    run_command(argv, command)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,93 @@
+"""The report's reading: a few sentences written from the numbers, never by hand.
+
+Which variant wins and by how much, whether the best language-free variant reaches 90% of what
+text labels give, whether the gap-closing variants close the text-image gap, and, when the
+target is missed, which factor the numbers point to:
+  * CLIP ceiling: the language-free variant already reads about as much from a prompt as CLIP's
+    own zero-shot classification does from real images;
+  * guidance: its best w is the largest one tried;
+  * the gap: a gap-closing variant gains clearly over plain image conditioning;
+and, under all of them, the DDPM itself when even the text variant is weak.
+"""
+from __future__ import annotations
+
+from clip_ddpm.evaluation.tables import percent
+
+TEXT_TARGET = 0.85
+RATIO_TARGET = 0.90
+CLEAR_GAIN_POINTS = 3.0
+
+
+def _points(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def reading(results: dict) -> list[str]:
+    summary, targets = results["summary"], results["targets"]
+    both = summary["both"]
+    chosen = results["chosen_guidance"]
+    out = []
+    if not results["judge"]["trusted"]:
+        out.append(f"The judge ({results['judge']['name']}) is below {percent(results['judge']['min_accuracy'])} "
+                   "on real images, so the accuracies below cannot be trusted as they stand.")
+    ranked = sorted(both, key=lambda v: -both[v])
+    out.append(f"The most accurate variant is {ranked[0]} ({percent(both[ranked[0]])} of its test images right "
+               f"on every attribute, at w = {chosen[ranked[0]]:g})"
+               + (f", ahead of {ranked[1]} ({percent(both[ranked[1]])})." if len(ranked) > 1 else "."))
+    if "text" in both:
+        met = "meets" if both["text"] >= targets["text_accuracy"] else "misses"
+        out.append(f"Trained on text labels the DDPM reaches {percent(both['text'])}, which {met} the "
+                   f"{percent(targets['text_accuracy'])} wanted of a DDPM good enough to make the comparison "
+                   "informative.")
+    best = summary.get("best_language_free")
+    if best is not None and "ratio_to_text" in summary:
+        ratio = summary["ratio_to_text"]
+        verdict = "reaches" if ratio >= targets["ratio_to_text"] else "falls short of"
+        out.append(f"Without text labels the best variant is {best} at {percent(both[best])}: "
+                   f"{percent(ratio)} of the text variant's accuracy "
+                   f"({_points(summary['gap_to_text_points'])} points behind), so it {verdict} the target of "
+                   f"{percent(targets['ratio_to_text'])}.")
+        if ratio < targets["ratio_to_text"]:
+            out += _diagnosis(results, best)
+    gains = summary.get("gain_over_image_points", {})
+    for variant, gain in sorted(gains.items()):
+        if variant.startswith(("image_noise", "image_gapshift")):
+            change = "closes part of the gap" if gain >= CLEAR_GAIN_POINTS else (
+                "does not close the gap" if gain > -CLEAR_GAIN_POINTS else "widens the gap")
+            out.append(f"{variant} against plain image conditioning: {_points(gain)} points; it {change}.")
+    if "image_elementwise" in gains:
+        out.append(f"Element-wise context dropout (the course's mask) against whole-vector dropout: "
+                   f"{_points(gains['image_elementwise'])} points.")
+    for floor in ("class", "none"):
+        if floor in both:
+            role = "one-hot labels" if floor == "class" else "no context: the floor"
+            out.append(f"For reference, {floor} ({role}) reaches {percent(both[floor])}.")
+    return out
+
+
+def _diagnosis(results: dict, best: str) -> list[str]:
+    """Which factor the numbers point to when the language-free target is missed."""
+    test = results["test"][best]
+    health = (results.get("embedding_health") or {}).get("conditioning")
+    chosen = results["chosen_guidance"][best]
+    guidance = results["config"]["guidance"]
+    found = []
+    if health and "zero_shot_class" in health:
+        ceiling = health["zero_shot_class"]
+        if test["accuracy_both"]["mean"] >= 0.9 * ceiling:
+            found.append(f"the CLIP ceiling: {best} is right on {percent(test['accuracy_both']['mean'])} where the "
+                         f"conditioning CLIP itself names the class of {percent(ceiling)} of real images zero-shot")
+        if "zero_shot_shape" in health and "accuracy_shape" in test:
+            found.append(f"shape is the weak factor if it trails colour: {best} gets shape right on "
+                         f"{percent(test['accuracy_shape']['mean'])} and colour on "
+                         f"{percent(test['accuracy_colour']['mean'])}; CLIP's zero-shot shape accuracy is "
+                         f"{percent(health['zero_shot_shape'])}")
+    if chosen == max(guidance):
+        found.append(f"guidance: its best w ({chosen:g}) is the largest tried, so a wider sweep may help")
+    gains = results["summary"].get("gain_over_image_points", {})
+    if any(g >= CLEAR_GAIN_POINTS for v, g in gains.items() if v.startswith(("image_noise", "image_gapshift"))):
+        found.append(f"the modality gap: closing it helps (gap norm "
+                     f"{health['modality_gap']:.2f})" if health else "the modality gap: closing it helps")
+    if not found:
+        return ["The numbers point to none of CLIP's ceiling, guidance or the gap alone."]
+    return ["The numbers point to " + "; ".join(found) + "."]

@@ -1,0 +1,99 @@
+"""Drawing the study's samples from a trained variant: its EMA parameters, its contexts for a
+prompt set (through the same code as `python -m clip_ddpm.sample`), and one compiled sampler
+shared by every variant of the same architecture.
+
+Rows are drawn in fixed-size batches (the last one padded) with keys that depend only on the
+batch index, so two variants sampled with the same rows start from the same noise: their
+differences are the models', not the draw's.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from clip_ddpm.data.dataset import to_uint8
+from clip_ddpm.ddpm import builders
+from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.sample_contexts import contexts_for_request
+from clip_ddpm.ddpm.sampling import SampleRequest
+from clip_ddpm.diffusion.grid import make_sampler
+from clip_ddpm.training.checkpoints import Checkpoints, abstract_like
+from clip_ddpm.training.flags import read_flagfile
+from clip_ddpm.training.train_state import create_train_state, make_optimizer
+from clip_ddpm.training.workdir import RunInfo, flags_path, read_run_info
+
+from .prompts import PromptSet
+
+_SAMPLERS: dict[tuple, object] = {}
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    workdir: str
+    config: Config
+    info: RunInfo
+    params: object  # the EMA parameters
+    step: int
+
+
+def load_run(workdir: str) -> TrainedRun:
+    """A finished run's flags, run info and EMA parameters (latest checkpoint)."""
+    config = read_flagfile(flags_path(workdir), Config)
+    info = read_run_info(workdir)
+    model = builders.build_model(config, info.context_dim)
+    optimizer, _ = make_optimizer(config.learning_rate, config.num_steps, config.warmup_steps,
+                                  config.weight_decay, config.grad_clip)
+    abstract = jax.eval_shape(lambda: create_train_state(
+        builders.init_params(model, config, info.context_dim, jax.random.key(0)), optimizer))
+    checkpoints = Checkpoints(workdir, create=False)
+    state = checkpoints.restore(abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
+    checkpoints.close()
+    return TrainedRun(workdir, config, info, state.ema_params, int(state.step))
+
+
+def contexts_for(run: TrainedRun, prompts: PromptSet) -> np.ndarray | None:
+    """The U-Net contexts of a prompt set: text prompts through the run's CLIP (and its gap
+    transform) for CLIP runs, one-hot labels for class runs, None for an unconditional run."""
+    if run.info.condition == "none":
+        return None
+    if run.info.condition == "class":
+        request = SampleRequest(run.workdir, class_labels=tuple(run.info.class_names[k] for k in prompts.labels))
+    else:
+        request = SampleRequest(run.workdir, prompts=prompts.texts)
+    contexts, _ = contexts_for_request(request, run.config, run.info)
+    return contexts
+
+
+def _sampler_for(run: TrainedRun, sampler: str, steps: int):
+    c = run.config
+    key = (c.down_chs, c.t_embed_dim, run.info.context_dim, c.image_size, c.dtype, c.conv_impl, c.timesteps,
+           c.schedule, c.beta_start, c.beta_end, sampler, steps)
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = make_sampler(builders.build_model(c, run.info.context_dim), builders.build_schedule(c),
+                                      (c.image_size, c.image_size, 3), sampler, steps)
+    return _SAMPLERS[key]
+
+
+def draw(run: TrainedRun, contexts: np.ndarray | None, guidance: Sequence[float], sampler: str, steps: int,
+         batch: int, seed: int) -> np.ndarray:
+    """uint8 images, one per row (contexts[i] at guidance[i]; contexts None: unconditional)."""
+    fn = _sampler_for(run, sampler, steps)
+    guidance = np.asarray(guidance, np.float32)
+    n = len(guidance)
+    batch = min(batch, n)
+    out = []
+    for index, start in enumerate(range(0, n, batch)):
+        w = guidance[start:start + batch]
+        rows = len(w)
+        pad = batch - rows
+        w = np.concatenate([w, np.zeros(pad, np.float32)])
+        ctx = None
+        if contexts is not None:
+            ctx = np.asarray(contexts[start:start + batch], np.float32)
+            ctx = np.concatenate([ctx, np.zeros((pad, ctx.shape[1]), np.float32)])
+        images = fn(run.params, jax.random.fold_in(jax.random.key(seed), index), ctx, w)
+        out.append(to_uint8(np.asarray(images)[:rows]))
+    return np.concatenate(out)

@@ -24,7 +24,7 @@ from clip_ddpm.evaluation.image_grid import save_grid
 from clip_ddpm.training import parallel
 from clip_ddpm.training.checkpoints import Checkpoints, abstract_like
 from clip_ddpm.training.flags import read_flagfile
-from clip_ddpm.training.workdir import flags_path, read_run_info
+from clip_ddpm.training.workdir import RunInfo, flags_path, read_run_info
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +69,16 @@ def _output_paths(request: SampleRequest, step: int) -> tuple[str, str]:
     return png, os.path.splitext(png)[0] + ".npz"
 
 
+def restore_ema_params(checkpoints: Checkpoints, config: Config, info: RunInfo, step: int,
+                       mesh: jax.sharding.Mesh) -> dict:
+    """The EMA parameters saved at `step`, replicated over `mesh`; nothing else of the training
+    state is read."""
+    model = builders.build_model(config, info.context_dim)
+    abstract = jax.eval_shape(lambda: builders.init_params(model, config, info.context_dim, jax.random.key(0)))
+    return checkpoints.restore_part(
+        {"ema_params": abstract_like(abstract, parallel.replicated(mesh))}, step)["ema_params"]
+
+
 def generate_samples(request: SampleRequest) -> dict:
     """Draws the grid and writes it; returns {"png", "npz", "step", "shape", "columns"}."""
     if not request.workdir:
@@ -95,9 +105,7 @@ def generate_samples(request: SampleRequest) -> dict:
     png, npz = _output_paths(request, step)
     model = builders.build_model(config, info.context_dim)
     mesh = parallel.make_mesh()
-    abstract = jax.eval_shape(lambda: builders.init_params(model, config, info.context_dim, jax.random.key(0)))
-    ema_params = checkpoints.restore_part(
-        {"ema_params": abstract_like(abstract, parallel.replicated(mesh))}, step)["ema_params"]
+    ema_params = restore_ema_params(checkpoints, config, info, step, mesh)
     checkpoints.close()
 
     sampler = make_sampler(model, builders.build_schedule(config), (config.image_size, config.image_size, 3),

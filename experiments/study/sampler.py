@@ -18,11 +18,12 @@ from clip_ddpm.data.dataset import to_uint8
 from clip_ddpm.ddpm import builders
 from clip_ddpm.ddpm.config import Config
 from clip_ddpm.ddpm.sample_contexts import contexts_for_request
-from clip_ddpm.ddpm.sampling import SampleRequest
+from clip_ddpm.ddpm.sampling import SampleRequest, restore_ema_params
+from clip_ddpm.errors import UserError
 from clip_ddpm.diffusion.grid import make_sampler
-from clip_ddpm.training.checkpoints import Checkpoints, abstract_like
+from clip_ddpm.training import parallel
+from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.training.flags import read_flagfile
-from clip_ddpm.training.train_state import create_train_state, make_optimizer
 from clip_ddpm.training.workdir import RunInfo, flags_path, read_run_info
 
 from .prompts import PromptSet
@@ -43,15 +44,13 @@ def load_run(workdir: str) -> TrainedRun:
     """A finished run's flags, run info and EMA parameters (latest checkpoint)."""
     config = read_flagfile(flags_path(workdir), Config)
     info = read_run_info(workdir)
-    model = builders.build_model(config, info.context_dim)
-    optimizer, _ = make_optimizer(config.learning_rate, config.num_steps, config.warmup_steps,
-                                  config.weight_decay, config.grad_clip)
-    abstract = jax.eval_shape(lambda: create_train_state(
-        builders.init_params(model, config, info.context_dim, jax.random.key(0)), optimizer))
     checkpoints = Checkpoints(workdir, create=False)
-    state = checkpoints.restore(abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
+    step = checkpoints.latest_step()
+    if step is None:
+        raise UserError(f"no checkpoint found in {workdir}")
+    params = restore_ema_params(checkpoints, config, info, step, parallel.make_mesh())
     checkpoints.close()
-    return TrainedRun(workdir, config, info, state.ema_params, int(state.step))
+    return TrainedRun(workdir, config, info, params, int(step))
 
 
 def contexts_for(run: TrainedRun, prompts: PromptSet) -> np.ndarray | None:
@@ -70,10 +69,11 @@ def contexts_for(run: TrainedRun, prompts: PromptSet) -> np.ndarray | None:
 def _sampler_for(run: TrainedRun, sampler: str, steps: int):
     c = run.config
     key = (c.down_chs, c.t_embed_dim, run.info.context_dim, c.image_size, c.dtype, c.conv_impl, c.timesteps,
-           c.schedule, c.beta_start, c.beta_end, sampler, steps)
+           c.schedule, c.beta_start, c.beta_end, c.clip_denoised, sampler, steps)
     if key not in _SAMPLERS:
         _SAMPLERS[key] = make_sampler(builders.build_model(c, run.info.context_dim), builders.build_schedule(c),
-                                      (c.image_size, c.image_size, 3), sampler, steps)
+                                      (c.image_size, c.image_size, 3), sampler, steps,
+                                      clip_denoised=c.clip_denoised, mesh=parallel.make_mesh())
     return _SAMPLERS[key]
 
 

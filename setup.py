@@ -31,6 +31,7 @@ setup(
     ],
     extras_require={
         # torch is only the reference implementation in parity tests; the pin keeps the CPU build.
-        "test": ["pytest", "torch==2.13.0"],
+        # pytest-xdist: the suite is mostly XLA compiling, one core at a time; two workers use both.
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0"],
     },
 )

@@ -22,13 +22,15 @@ def test_gpu_benchmark_smoke_measures_every_figure_without_tensorflow(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     figures = {row["figure"] for row in rows}
-    assert len(figures) == 6, figures  # 1 train batch, DDPM and DDIM sampling, CLIP image and text
-    assert {(f, side) for f in figures for side in ("ours", "eager_fp32", "compile_fp32")} == \
-        {(row["figure"], row["side"]) for row in rows}
+    assert len(figures) == 5, figures  # 1 train batch, DDPM and DDIM sampling, CLIP image and text
+    # torch.compile is exercised beside the train step only in a smoke run.
+    expected = {(f, side) for f in figures for side in ("ours", "eager_fp32")}
+    expected |= {(f, "compile_fp32") for f in figures if f.startswith("train step")}
+    assert expected == {(row["figure"], row["side"]) for row in rows}
     for row in rows:
         assert row["per_s"] > 0 and row["seconds"] > 0 and row["first_s"] > 0, row
         assert row["tensorflow_loaded"] is False, row
         if row["side"] == "ours":
             assert row["flops"] > 0, row
     text = table.read_text()
-    assert text.count("\n| ") == 7 and "failed" not in text  # header and six figures
+    assert text.count("\n| ") == 6 and "failed" not in text  # header and five figures

@@ -34,7 +34,7 @@ MICRO = ["--variants=text,image_gapshift,class,none", "--seeds=0", "--guidance=0
          "--oracle_images=64", "--oracle_widths=8,8,8", "--oracle_feature_dim=8", "--real_test_images=72",
          "--grid_prompts=4", "--ddpm_image_size=16", "--ddpm_dataset_size=16", "--ddpm_down_chs=32,32,64",
          "--ddpm_batch_size=8", "--ddpm_num_steps=2", "--ddpm_warmup_steps=1", "--ddpm_log_every=1",
-         "--ddpm_checkpoint_every=2", "--ddpm_timesteps=20", "--ddpm_sample_columns=0"]
+         "--ddpm_checkpoint_every=2", "--ddpm_timesteps=20", "--ddpm_sampling_steps=2", "--ddpm_sample_columns=0"]
 
 
 def parse(*args: str) -> study_config.StudySetup:
@@ -180,7 +180,7 @@ GPU_CONFIG = ROOT / "experiments" / "configs" / "shapes_study_gpu.cfg"
 FLOWERS_CONFIG = ROOT / "experiments" / "configs" / "flowers_study_gpu.cfg"
 TINY_DDPM = ["--ddpm_image_size=16", "--ddpm_dataset_size=16", "--ddpm_down_chs=32,32,64", "--ddpm_batch_size=8",
              "--ddpm_num_steps=2", "--ddpm_warmup_steps=1", "--ddpm_log_every=1", "--ddpm_checkpoint_every=2",
-             "--ddpm_timesteps=20", "--ddpm_dtype=float32", "--seeds=0", "--guidance=0,2", "--sampling_steps=2",
+             "--ddpm_timesteps=20", "--ddpm_sampling_steps=2", "--ddpm_dtype=float32", "--seeds=0", "--guidance=0,2", "--sampling_steps=2",
              "--validation_samples=1", "--test_samples=2", "--grid_prompts=2"]
 
 

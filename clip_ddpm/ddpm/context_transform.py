@@ -33,7 +33,7 @@ def build_context_transform(config: Config, dataset: ImageDataset, source: Conte
 
     other = "clip_text" if config.condition == "clip_image" else "clip_image"
     other_vectors, _ = clip_context_vectors(dataclasses.replace(config, condition=other), dataset,
-                                            trained_weights_hash=source.clip_weights_hash)
+                                            trained_clip=(source.clip_weights_hash, source.clip_fingerprint))
     own_mean = np.mean(source.vectors, axis=0).astype(np.float32)
     other_mean = np.mean(other_vectors, axis=0).astype(np.float32)
     # Prompts are text: they are centred on the text mean, whatever the training modality.

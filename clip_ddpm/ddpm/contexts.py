@@ -59,6 +59,8 @@ class ContextSource:
         if self.kind == "none":
             return None, ["unconditional"] * columns
         classes = list(range(min(columns, dataset.num_classes)))
+        if not classes:  # no grid (--sample_columns=0)
+            return np.zeros((0, self.dim), np.float32), []
         if self.kind == "class":
             return np.eye(self.num_classes, dtype=np.float32)[classes], [dataset.class_names[c] for c in classes]
         first = [np.flatnonzero(dataset.labels == c) for c in classes]

@@ -50,10 +50,26 @@ def run_job(job: dict, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
-def run_figures(figures: list[Figure], timeout: float, log=print) -> None:
+def run_job_here(job: dict) -> dict:
+    """Runs one measurement in this process (a smoke run: the code paths, not the figures)."""
+    sys.path.insert(0, HERE)
+    try:
+        if job["side"] == "ours":
+            from workloads import run
+        else:
+            from torch_side import run
+        return run(job)
+    except Exception as error:  # reported in the table like a failed process
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def run_figures(figures: list[Figure], timeout: float, log=print, in_process: bool = False) -> None:
+    """Fills each figure's results. `in_process` runs every job here instead of in a process of
+    its own: quicker (no interpreter, JAX and PyTorch start per job) but with shared memory and
+    threads, so only for smoke runs."""
     for figure in figures:
         for label, job in [("ours", figure.ours), *figure.peers.items()]:
-            figure.results[label] = result = run_job(job, timeout)
+            figure.results[label] = result = run_job_here(job) if in_process else run_job(job, timeout)
             log(json.dumps({"figure": figure.name, "side": label, **result}), flush=True)
 
 

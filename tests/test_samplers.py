@@ -181,13 +181,17 @@ def test_guided_prediction_is_the_guidance_formula_per_sample():
 
 # ----------------------------------------------------------------------------- --clip_denoised
 
+def _step_inputs(seed: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x_t (wide enough that the x0 estimate often leaves [-1, 1]), a predicted ε and fresh noise."""
+    rng = np.random.default_rng(seed)
+    x_t = rng.normal(size=(batch, 2, 2, 3)).astype(np.float32) * 2
+    return x_t, rng.normal(size=x_t.shape).astype(np.float32), rng.normal(size=x_t.shape).astype(np.float32)
+
+
 def test_clipped_ddpm_step_is_the_posterior_mean_of_the_clipped_estimate():
     schedule = diffusion.make_schedule("cosine", 100)
     betas, alphas, abar = _constants(schedule)
-    rng = np.random.default_rng(1)
-    x_t = rng.normal(size=(4, 2, 2, 3)).astype(np.float32) * 2
-    eps = rng.normal(size=x_t.shape).astype(np.float32)
-    noise = rng.normal(size=x_t.shape).astype(np.float32)
+    x_t, eps, noise = _step_inputs(seed=1, batch=4)
     t = np.array([0, 1, 50, 99])
     got = diffusion.ddpm_step(schedule, jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(eps),
                               jnp.asarray(noise), clip_denoised=True)
@@ -202,10 +206,7 @@ def test_clipped_ddpm_step_is_the_posterior_mean_of_the_clipped_estimate():
 def test_clipped_ddim_step_uses_the_clipped_estimate_and_its_noise():
     schedule = diffusion.make_schedule("linear", 100)
     _, _, abar = _constants(schedule)
-    rng = np.random.default_rng(2)
-    x_t = rng.normal(size=(3, 2, 2, 3)).astype(np.float32) * 2
-    eps = rng.normal(size=x_t.shape).astype(np.float32)
-    noise = rng.normal(size=x_t.shape).astype(np.float32)
+    x_t, eps, noise = _step_inputs(seed=2, batch=3)
     t, t_prev = np.array([99, 50, 3]), np.array([60, 10, -1])
     got = diffusion.ddim_step(schedule, jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(t_prev), jnp.asarray(eps),
                               jnp.asarray(noise), 0.5, clip_denoised=True)

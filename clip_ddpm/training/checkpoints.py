@@ -51,8 +51,13 @@ def _write_each_array_once() -> None:
     does on GPU."""
     global _writes_each_array_once
     if not _writes_each_array_once:
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity(logging.ERROR)  # orbax warns that the override it was asked for happened
+        try:
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+        finally:
+            logging.set_verbosity(verbosity)
         _writes_each_array_once = True
 
 

@@ -135,24 +135,25 @@ def run_study(setup: StudySetup) -> dict | None:
     real_features, _ = judge.outputs(real.images)
     scorers = Scorers(judge, real_features, dict(encoders), holdout)
 
-    with progress.phase("validation sampling"):
-        scores_val: dict[str, list[dict]] = {}
+    def sample_every_run(prompts, samples: int, weights_of, split: str) -> dict[str, list[dict]]:
+        """Scores of each variant's seeds on a prompt set, at the guidance weights weights_of(variant)."""
+        scores: dict[str, list[dict]] = {}
         for variant, seed in runs:
-            progress.note(f"{variant} seed {seed}: {len(validation.texts)} validation prompts x "
-                          f"{study.validation_samples} at w = {', '.join(f'{w:g}' for w in study.guidance)}")
+            weights = weights_of(variant)
+            progress.note(f"{variant} seed {seed}: {len(prompts.texts)} {split} prompts x {samples} "
+                          f"at w = {', '.join(f'{w:g}' for w in weights)}")
             run = load_run(run_dir(study.workdir, variant, seed))
-            scores_val.setdefault(variant, []).append(sample_and_score(
-                run, validation, study.validation_samples, study.guidance, scorers, study, "validation"))
+            scores.setdefault(variant, []).append(sample_and_score(run, prompts, samples, weights, scorers,
+                                                                   study, split))
+        return scores
+
+    with progress.phase("validation sampling"):
+        scores_val = sample_every_run(validation, study.validation_samples, lambda v: list(study.guidance),
+                                      "validation")
         chosen = choose_guidance(scores_val)
 
     with progress.phase("test sampling"):
-        scores_test: dict[str, list[dict]] = {}
-        for variant, seed in runs:
-            progress.note(f"{variant} seed {seed}: {len(test.texts)} test prompts x {study.test_samples} "
-                          f"at the chosen w = {chosen[variant]:g}")
-            run = load_run(run_dir(study.workdir, variant, seed))
-            scores_test.setdefault(variant, []).append(sample_and_score(
-                run, test, study.test_samples, [chosen[variant]], scorers, study, "test"))
+        scores_test = sample_every_run(test, study.test_samples, lambda v: [chosen[v]], "test")
         references = real_references(scorers, real.images, real.labels, train.images, test, study.test_samples,
                                      len(test.texts) * study.test_samples)
 

@@ -1,12 +1,8 @@
 """Every test sees 4 CPU devices, so data-parallel code paths run for real."""
 import os
 
-# The suite spends most of its time in XLA compiling small programs, most of that in LLVM's
-# optimiser; the tests check values, not speed, so they compile without it (every process a test
-# starts gets the same flag, so runs compared bit for bit are the same machine code).
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count=4 {FAST_COMPILE_FLAG}"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

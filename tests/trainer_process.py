@@ -76,7 +76,7 @@ def start(module: str, flags: list[str], options: tuple[str, ...] = (), devices:
     import jax
 
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     cache = jax.config.jax_compilation_cache_dir
     if cache:

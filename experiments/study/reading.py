@@ -77,11 +77,14 @@ def _diagnosis(results: dict, best: str) -> list[str]:
         if test["accuracy_both"]["mean"] >= 0.9 * ceiling:
             found.append(f"the CLIP ceiling: {best} is right on {percent(test['accuracy_both']['mean'])} where the "
                          f"conditioning CLIP itself names the class of {percent(ceiling)} of real images zero-shot")
-        if "zero_shot_shape" in health and "accuracy_shape" in test:
-            found.append(f"shape is the weak factor if it trails colour: {best} gets shape right on "
-                         f"{percent(test['accuracy_shape']['mean'])} and colour on "
-                         f"{percent(test['accuracy_colour']['mean'])}; CLIP's zero-shot shape accuracy is "
-                         f"{percent(health['zero_shot_shape'])}")
+        if ("zero_shot_shape" in health and "accuracy_shape" in test
+                and test["accuracy_shape"]["mean"] < test["accuracy_colour"]["mean"]):
+            shape, clip_shape = test["accuracy_shape"]["mean"], health["zero_shot_shape"]
+            culprit = ("the DDPM (well below CLIP's own shape accuracy)" if shape < 0.9 * clip_shape
+                       else "CLIP (near its own shape accuracy)")
+            found.append(f"shape, lost by {culprit}: {best} gets shape right on "
+                         f"{percent(shape)} and colour on {percent(test['accuracy_colour']['mean'])}, while "
+                         f"CLIP reads shape zero-shot on {percent(clip_shape)} of real images")
     if chosen == max(guidance):
         found.append(f"guidance: its best w ({chosen:g}) is the largest tried, so a wider sweep may help")
     gains = results["summary"].get("gain_over_image_points", {})

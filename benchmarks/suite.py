@@ -50,15 +50,21 @@ def run_job(job: dict, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+def _measure(job: dict) -> dict:
+    """One measurement by our side (workloads.py) or the peer's (torch_side.py)."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    if job["side"] == "ours":
+        from workloads import run
+    else:
+        from torch_side import run
+    return run(job)
+
+
 def run_job_here(job: dict) -> dict:
     """Runs one measurement in this process (a smoke run: the code paths, not the figures)."""
-    sys.path.insert(0, HERE)
     try:
-        if job["side"] == "ours":
-            from workloads import run
-        else:
-            from torch_side import run
-        return run(job)
+        return _measure(job)
     except Exception as error:  # reported in the table like a failed process
         return {"error": f"{type(error).__name__}: {error}"}
 
@@ -155,13 +161,7 @@ def report(figures: list[Figure], flops_unit: str, notes: list[str], markdown: s
 def job_main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", required=True, help="one measurement, as JSON")
-    job = json.loads(parser.parse_args().job)
-    sys.path.insert(0, HERE)
-    if job["side"] == "ours":
-        from workloads import run
-    else:
-        from torch_side import run
-    print(json.dumps(run(job)), flush=True)
+    print(json.dumps(_measure(json.loads(parser.parse_args().job))), flush=True)
 
 
 if __name__ == "__main__":

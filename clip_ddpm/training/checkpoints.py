@@ -8,6 +8,7 @@ a warning naming both; when no checkpoint can be read the run stops rather than 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any, Callable
@@ -40,25 +41,20 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: " + ((str(error).strip().splitlines() or [""])[0][:200])
 
 
-_writes_each_array_once = False
-
-
+@functools.cache
 def _write_each_array_once() -> None:
     """Orbax's CPU default splits every replicated array into one slice per device and copies
     each out with its own small jitted program (parallel writes pay off across many hosts'
     disks, not across the devices of one CPU): on 4 CPU devices that made a save of a small
     U-Net take seconds. Each array is written whole from its first replica instead, as orbax
     does on GPU."""
-    global _writes_each_array_once
-    if not _writes_each_array_once:
-        verbosity = logging.get_verbosity()
-        logging.set_verbosity(logging.ERROR)  # orbax warns that the override it was asked for happened
-        try:
-            ocp.type_handlers.register_type_handler(
-                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
-        finally:
-            logging.set_verbosity(verbosity)
-        _writes_each_array_once = True
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns that the override it was asked for happened
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 class Checkpoints:

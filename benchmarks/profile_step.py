@@ -145,14 +145,15 @@ def main() -> None:
     import jax
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from workloads import UNetSpec, time_calls, train_step_workload
+    from workloads import time_calls, train_step
 
     from clip_ddpm.training import parallel
 
     parallel.configure_jax()
-    spec = UNetSpec(tuple(int(c) for c in args.down.split(",")), args.image_size, args.context_dim, args.conv_impl)
-    run, compiled = train_step_workload(spec, args.batch)
-    table = parse_hlo(compiled().as_text())
+    job = {"kind": "train", "down": [int(c) for c in args.down.split(",")], "batch": args.batch,
+           "image_size": args.image_size, "context_dim": args.context_dim, "conv_impl": args.conv_impl}
+    run, _ = train_step(job)
+    table = parse_hlo(run.compiled().as_text())
     _, step_s = time_calls(run, 1, 2)
     totals = trace_durations(run, args.steps)
     ops = {name: us / args.steps / 1e3 for name, us in totals.items() if name in table}

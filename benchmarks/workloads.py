@@ -99,7 +99,8 @@ def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
         holder["state"], metrics = step(holder["state"], data, key)
         return metrics
 
-    return run, lambda: compiled_flops(step.lower(holder["state"], data, key).compile())
+    run.compiled = lambda: step.lower(holder["state"], data, key).compile()  # for profile_step.py
+    return run, lambda: compiled_flops(run.compiled())
 
 
 def sampler(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:

@@ -95,17 +95,23 @@ def conv3x3_input_grad(grad_out: jax.Array, kernel: jax.Array, form: str) -> jax
 
 
 def conv3x3_weight_grad(x: jax.Array, grad_out: jax.Array) -> jax.Array:
-    """d(conv3x3(x, k))/dk contracted with grad_out, as one matmul: im2col(x)^T @ grad_out.
+    """d(conv3x3(x, k))/dk contracted with grad_out: [B, H, W, C], [B, H, W, O] -> [3, 3, C, O].
 
-    [B, H, W, C], [B, H, W, O] -> [3, 3, C, O]. XLA:CPU computes this gradient as a convolution
-    whose window is the whole feature map, 5-20x slower than the same FLOPs as a matmul.
+    Nine matmuls, one per kernel tap: k[dy, dx] = shifted(x)^T @ grad_out over all B*H*W pixels.
+    On XLA:CPU this beats both XLA's own kernel-gradient convolution (a convolution whose window
+    is the whole feature map) and one matmul over a materialised im2col, whose 9-way concatenate
+    costs more than the products (benchmarks/profile_step.py: 1.3x on the whole train step at
+    down_chs (32,32,64), 1.1x at (64,64,128)).
     """
     b, h, w, c = x.shape
     o = grad_out.shape[-1]
-    patches = im2col_3x3(x).reshape(b * h * w, 9 * c)
-    dk = lax.dot_general(patches, grad_out.reshape(b * h * w, o), (((0,), (0,)), ((), ())),
-                         preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
-    return dk.reshape(3, 3, c, o)
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    grad = grad_out.reshape(b * h * w, o)
+    accumulate = jnp.promote_types(x.dtype, jnp.float32)
+    taps = [lax.dot_general(padded[:, dy:dy + h, dx:dx + w, :].reshape(b * h * w, c), grad,
+                            (((0,), (0,)), ((), ())), preferred_element_type=accumulate)
+            for dy in range(3) for dx in range(3)]
+    return jnp.stack(taps).reshape(3, 3, c, o)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -133,8 +139,15 @@ CONV3X3_FORMS = {"matmul": ("matmul", "matmul"), "hybrid": ("xla", "xla")}
 
 
 def choose_conv3x3_forms(input_shape: tuple[int, ...], features: int) -> tuple[str, str]:
-    """The faster form of each pass on XLA:CPU for a 3x3 convolution of this size (measured
-    with benchmarks/conv_forms.py): PLACEHOLDER."""
+    """(forward form, input-gradient form) on XLA:CPU for a 3x3 convolution of this size.
+
+    XLA's own convolution for both, at every size the U-Net uses: on the whole train step at
+    down_chs (32,32,64), batch 32, the matmul input gradient (matmul + col2im) was 1.2x slower
+    and the im2col forward slower still (benchmarks/conv_forms.py measures each pass alone).
+    The kernel gradient is always `conv3x3_weight_grad`. The arguments are kept so that a
+    measured size-dependent choice can be made here without touching the callers.
+    """
+    del input_shape, features
     return "xla", "xla"
 
 

@@ -145,15 +145,15 @@ def main() -> None:
     import jax
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from workloads import time_calls, train_step
+    from workloads import time_calls, train_step_program
 
     from clip_ddpm.training import parallel
 
     parallel.configure_jax()
     job = {"kind": "train", "down": [int(c) for c in args.down.split(",")], "batch": args.batch,
            "image_size": args.image_size, "context_dim": args.context_dim, "conv_impl": args.conv_impl}
-    run, _ = train_step(job)
-    table = parse_hlo(run.compiled().as_text())
+    run, compile_step = train_step_program(job)
+    table = parse_hlo(compile_step().as_text())
     _, step_s = time_calls(run, 1, 2)
     totals = trace_durations(run, args.steps)
     ops = {name: us / args.steps / 1e3 for name, us in totals.items() if name in table}

@@ -80,6 +80,13 @@ def forward_flops(model: UNet, params: Any, batch: int, spec: UNetSpec) -> float
 def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
     """(one step of the project's jitted train step with Adam(1e-4), the peer's optimiser;
     a function giving its FLOPs)."""
+    run, compile_step = train_step_program(job)
+    return run, lambda: compiled_flops(compile_step())
+
+
+def train_step_program(job: dict) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(one train step, as in `train_step`; a function giving its compiled XLA program, whose
+    HLO profile_step.py maps trace events back to)."""
     spec = UNetSpec.from_job(job)
     mesh = parallel.make_mesh(jax.devices()[:1])
     model = spec.model()
@@ -99,8 +106,7 @@ def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
         holder["state"], metrics = step(holder["state"], data, key)
         return metrics
 
-    run.compiled = lambda: step.lower(holder["state"], data, key).compile()  # for profile_step.py
-    return run, lambda: compiled_flops(run.compiled())
+    return run, lambda: step.lower(holder["state"], data, key).compile()
 
 
 def sampler(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:

@@ -141,9 +141,9 @@ CONV3X3_FORMS = {"matmul": ("matmul", "matmul"), "hybrid": ("xla", "xla")}
 def choose_conv3x3_forms(input_shape: tuple[int, ...], features: int) -> tuple[str, str]:
     """(forward form, input-gradient form) on XLA:CPU for a 3x3 convolution of this size.
 
-    XLA's own convolution for both, at every size the U-Net uses: on the whole train step at
-    down_chs (32,32,64), batch 32, the matmul input gradient (matmul + col2im) was 1.2x slower
-    and the im2col forward slower still (benchmarks/conv_forms.py measures each pass alone).
+    XLA's own convolution for both: on the whole train step at down_chs (32,32,64), batch 32,
+    the matmul input gradient (matmul + col2im) made the step 1.2x slower (benchmarks/conv_forms.py
+    measures each pass of each form alone, at every layer shape).
     The kernel gradient is always `conv3x3_weight_grad`. The arguments are kept so that a
     measured size-dependent choice can be made here without touching the callers.
     """

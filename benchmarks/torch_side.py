@@ -60,7 +60,7 @@ def _peak_bytes(device: str) -> int | None:
 
 def _timed(fn, device: str, count: int, warmup: int, repeats: int) -> dict:
     """The first call (compilation included), then the mean of `repeats` calls after `warmup`,
-    with the device synchronised before each clock reading."""
+    with the device synchronised before each clock reading; repeats = 0: the first call is both."""
     import torch
 
     def sync():
@@ -71,6 +71,8 @@ def _timed(fn, device: str, count: int, warmup: int, repeats: int) -> dict:
     fn()
     sync()
     first = time.perf_counter() - start
+    if repeats == 0:
+        return {"per_s": count / first, "seconds": first, "first_s": first, "peak_bytes": _peak_bytes(device)}
     for _ in range(warmup):
         fn()
     sync()

@@ -161,10 +161,13 @@ def clip_encoder(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
 
 def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, float]:
     """(seconds of the first call, compilation included; mean seconds of `repeats` calls after
-    `warmup` more), with the device synchronised (block_until_ready) around the timed calls."""
+    `warmup` more), with the device synchronised (block_until_ready) around the timed calls.
+    With repeats = 0 (a smoke run, which checks code paths, not speed) the first call is both."""
     start = time.perf_counter()
     jax.block_until_ready(fn())
     first = time.perf_counter() - start
+    if repeats == 0:
+        return first, first
     for _ in range(warmup):
         jax.block_until_ready(fn())
     start = time.perf_counter()

@@ -1,8 +1,12 @@
 """Every test sees 4 CPU devices, so data-parallel code paths run for real."""
 import os
 
+# Tests run each compiled program a few times at tiny sizes, so compiling cheaply matters more
+# than fast code: LLVM's optimisation of XLA:CPU's kernels is most of a test's compile time.
+# Subprocesses started by tests inherit these flags (and the flags are part of the cache key).
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -16,7 +16,7 @@ def test_gpu_benchmark_smoke_measures_every_figure_without_tensorflow(tmp_path):
     shutil.copy(os.path.join(REPO, "tests", "test_unet_course.py"), peers / "test_unet_course.py")
     table = tmp_path / "table.md"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    env.pop("XLA_FLAGS", None)  # one CPU device, as on a GPU machine's host
+    env.pop("XLA_FLAGS", None)  # one CPU device, as on a GPU machine's host, and XLA's default optimisation
     done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--smoke", f"--peer_dir={peers}",
                            f"--markdown={table}"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

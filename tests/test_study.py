@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from absl import flags
 from clip_fixtures import make_tiny_clip
+from study_setup import CPU_CONFIG, GPU_CONFIG, parse
 
 from clip_ddpm.data import shapes
 from clip_ddpm.ddpm.context_transform import load_context_transform
@@ -25,8 +25,6 @@ from experiments.study.prompts import known_templates
 from experiments.study.runner import run_study
 from experiments.study.variants import run_dir, variant_config
 
-ROOT = Path(__file__).resolve().parents[1]
-CPU_CONFIG = ROOT / "experiments" / "configs" / "shapes_study_cpu.cfg"
 # The smallest study that still goes through every phase: a tiny random CLIP, an oracle that
 # trains a few steps, four variants of two steps at 16 px, two guidance weights, DDIM with 2 steps.
 MICRO = ["--variants=text,image_gapshift,class,none", "--seeds=0", "--guidance=0,2", "--validation_samples=1",
@@ -35,13 +33,6 @@ MICRO = ["--variants=text,image_gapshift,class,none", "--seeds=0", "--guidance=0
          "--grid_prompts=4", "--ddpm_image_size=16", "--ddpm_dataset_size=16", "--ddpm_down_chs=32,32,64",
          "--ddpm_batch_size=8", "--ddpm_num_steps=2", "--ddpm_warmup_steps=1", "--ddpm_log_every=1",
          "--ddpm_checkpoint_every=2", "--ddpm_timesteps=20", "--ddpm_sampling_steps=2", "--ddpm_sample_columns=0"]
-
-
-def parse(*args: str) -> study_config.StudySetup:
-    flag_values = flags.FlagValues()
-    study_config.define_study_flags(flag_values)
-    flag_values(["study", *args])
-    return study_config.setup_from_flags(flag_values)
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +167,6 @@ def test_bad_study_flags_are_one_line_errors():
     assert dataclasses.replace(parse("--workdir=w").study, variants=("image_noise@0.2",)).validate()
 
 
-GPU_CONFIG = ROOT / "experiments" / "configs" / "shapes_study_gpu.cfg"
-FLOWERS_CONFIG = ROOT / "experiments" / "configs" / "flowers_study_gpu.cfg"
-TINY_DDPM = ["--ddpm_image_size=16", "--ddpm_dataset_size=16", "--ddpm_down_chs=32,32,64", "--ddpm_batch_size=8",
-             "--ddpm_num_steps=2", "--ddpm_warmup_steps=1", "--ddpm_log_every=1", "--ddpm_checkpoint_every=2",
-             "--ddpm_timesteps=20", "--ddpm_sampling_steps=2", "--ddpm_dtype=float32", "--seeds=0", "--guidance=0,2", "--sampling_steps=2",
-             "--validation_samples=1", "--test_samples=2", "--grid_prompts=2"]
-
-
 def test_gpu_config_every_variant_and_seed_builds():
     setup = parse(f"--flagfile={GPU_CONFIG}", "--workdir=w")
     assert len(setup.study.seeds) >= 3 and set(study_config.VARIANTS) <= {v.split("@")[0] for v in setup.study.variants}
@@ -194,40 +177,3 @@ def test_gpu_config_every_variant_and_seed_builds():
         for seed in setup.study.seeds:
             config = variant_config(setup.ddpm, "w", variant, seed, "clip", "cache")
             assert config.seed == seed and config.workdir == run_dir("w", variant, seed)
-
-
-def test_gpu_config_runs_on_cpu_at_tiny_sizes(tmp_path):
-    # The GPU study as configured (two CLIPs trained here, held-out pairs, LAFITE and element-wise
-    # dropout), at tiny sizes; the variants every other test covers are left out to save time.
-    workdir = tmp_path / "study"
-    setup = parse(f"--flagfile={GPU_CONFIG}", *TINY_DDPM, f"--workdir={workdir}",
-                  "--variants=image_noise@0.5,image_elementwise", "--oracle_steps=2", "--oracle_images=64",
-                  "--oracle_widths=8,8,8", "--oracle_feature_dim=8", "--real_test_images=72",
-                  "--clip_image_size=16", "--clip_dataset_size=64", "--clip_eval_size=36", "--clip_num_steps=2",
-                  "--clip_batch_size=16", "--clip_patch_size=8", "--clip_vision_width=32", "--clip_vision_layers=1",
-                  "--clip_vision_heads=2", "--clip_text_width=32", "--clip_text_layers=1", "--clip_text_heads=2",
-                  "--clip_projection_dim=16", "--clip_warmup_steps=1", "--clip_log_every=1",
-                  "--clip_checkpoint_every=2", "--clip_eval_batch_size=64", "--clip_dtype=float32")
-    results = run_study(setup)
-    assert results["scorer_clip"]["source"] == "trained here" and results["holdout_classes"]
-    report = (workdir / "report.md").read_text()
-    assert "all right, unseen pairs" in report and "CLIP score (independent CLIP)" in report
-    assert set(results["test"]) == {"image_noise@0.5", "image_elementwise"}
-    flags_txt = read_flagfile(os.path.join(run_dir(str(workdir), "image_noise@0.5", 0), "flags.txt"), Config)
-    assert (flags_txt.context_transform, flags_txt.lafite_xi) == ("lafite", 0.5)
-
-
-def test_flowers_config_runs_on_mock_tf_flowers_with_a_zero_shot_judge(tmp_path, clip_dir):
-    import tensorflow_datasets as tfds
-
-    scorer = tmp_path / "scorer"
-    make_tiny_clip(scorer, projection_dim=24, seed=7, vision={"image_size": 16})
-    workdir = tmp_path / "study"
-    setup = parse(f"--flagfile={FLOWERS_CONFIG}", *TINY_DDPM, f"--workdir={workdir}", "--variants=image,none",
-                  f"--clip_model={clip_dir}", f"--scorer_clip_model={scorer}", "--real_test_images=16",
-                  "--ddpm_random_flip=false")
-    with tfds.testing.mock_data(num_examples=16):
-        results = run_study(setup)
-    assert results["judge"]["name"].startswith("zero-shot independent CLIP")
-    assert results["judge"]["attributes"] == ["class"] and results["config"]["num_classes"] == 5
-    assert "independent CLIP image embeddings" in (workdir / "report.md").read_text()

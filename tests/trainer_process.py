@@ -75,8 +75,10 @@ def start(module: str, flags: list[str], options: tuple[str, ...] = (), devices:
     """This script run in a new process (`options` are its hooks, `flags` the command's)."""
     import jax
 
+    # The suite's XLA flags (conftest.py), with this process's own device count.
+    xla_flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}", *xla_flags]),
                PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     cache = jax.config.jax_compilation_cache_dir
     if cache:

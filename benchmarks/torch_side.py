@@ -70,17 +70,16 @@ def _timed(fn, device: str, count: int, warmup: int, repeats: int) -> dict:
     start = time.perf_counter()
     fn()
     sync()
-    first = time.perf_counter() - start
-    if repeats == 0:
-        return {"per_s": count / first, "seconds": first, "first_s": first, "peak_bytes": _peak_bytes(device)}
-    for _ in range(warmup):
-        fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    seconds = (time.perf_counter() - start) / repeats
+    first = seconds = time.perf_counter() - start
+    if repeats:
+        for _ in range(warmup):
+            fn()
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync()
+        seconds = (time.perf_counter() - start) / repeats
     return {"per_s": count / seconds, "seconds": seconds, "first_s": first, "peak_bytes": _peak_bytes(device)}
 
 

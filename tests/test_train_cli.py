@@ -155,7 +155,9 @@ def test_clip_denoised_reaches_the_grid_samplers(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "make_sampler", spy)
     monkeypatch.setattr(sampling, "make_sampler", spy)
     workdir = tmp_path / "run"
-    train_and_evaluate(smoke_config(workdir, num_steps=1, clip_denoised=True))
+    # Stopped after one step: the trainer builds its grid sampler before the loop, and the train
+    # step is the smoke run's (compiled once for the session).
+    train_and_evaluate(smoke_config(workdir, clip_denoised=True), stop_at=1)
     assert read_flagfile(str(workdir / "flags.txt"), Config).clip_denoised is True
     generate_samples(SampleRequest(workdir=str(workdir), class_labels=("0",), guidance=(0.0,), sampler="ddim",
                                    sampling_steps=2))

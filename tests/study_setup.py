@@ -1,10 +1,13 @@
-"""Flags shared by the study's tests: the configs, tiny DDPM overrides, and a parser that turns
-study command lines into a StudySetup without touching absl's global flags."""
+"""What the study's tests share: the configs, tiny DDPM overrides, a parser that turns study
+command lines into a StudySetup without touching absl's global flags, and the tiny conditioning
+CLIP (a fixture: import it into a test module to use it there)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from absl import flags
+from clip_fixtures import make_tiny_clip
 
 from experiments.study import config as study_config
 
@@ -23,3 +26,11 @@ def parse(*args: str) -> study_config.StudySetup:
     study_config.define_study_flags(flag_values)
     flag_values(["study", *args])
     return study_config.setup_from_flags(flag_values)
+
+
+@pytest.fixture(scope="module")
+def study_clip_dir(tmp_path_factory):
+    """A tiny random CLIP for 16 px images, saved as transformers saves one."""
+    directory = tmp_path_factory.mktemp("study_clip") / "clip"
+    make_tiny_clip(directory, projection_dim=20, seed=4, vision={"image_size": 16})
+    return directory

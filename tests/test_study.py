@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clip_fixtures import make_tiny_clip
-from study_setup import CPU_CONFIG, GPU_CONFIG, parse
+from study_setup import CPU_CONFIG, GPU_CONFIG, TINY_DDPM, parse, study_clip_dir  # noqa: F401  (a fixture)
 
 from clip_ddpm.data import shapes
 from clip_ddpm.ddpm.context_transform import load_context_transform
@@ -28,19 +27,9 @@ from experiments.study.variants import run_dir, variant_config
 # The smallest study that still goes through every phase: a tiny random CLIP, an oracle that
 # trains a few steps, three variants of two steps at 16 px, two guidance weights, DDIM with 2 steps
 # (the class variant runs in the flowers study test).
-MICRO = ["--variants=text,image_gapshift,none", "--seeds=0", "--guidance=0,2", "--validation_samples=1",
-         "--test_samples=2", "--sampling_steps=2", "--sampling_batch=72", "--oracle_steps=3",
+MICRO = [*TINY_DDPM, "--variants=text,image_gapshift,none", "--sampling_batch=72", "--oracle_steps=3",
          "--oracle_images=64", "--oracle_widths=8,8,8", "--oracle_feature_dim=8", "--real_test_images=72",
-         "--grid_prompts=4", "--ddpm_image_size=16", "--ddpm_dataset_size=16", "--ddpm_down_chs=32,32,64",
-         "--ddpm_batch_size=8", "--ddpm_num_steps=2", "--ddpm_warmup_steps=1", "--ddpm_log_every=1",
-         "--ddpm_checkpoint_every=2", "--ddpm_timesteps=20", "--ddpm_sampling_steps=2", "--ddpm_sample_columns=0"]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("study_clip") / "clip"
-    make_tiny_clip(directory, projection_dim=20, seed=4, vision={"image_size": 16})
-    return directory
+         "--grid_prompts=4", "--ddpm_sample_columns=0"]
 
 
 def _numbers_of(value, out: set[str]) -> set[str]:
@@ -70,12 +59,12 @@ def _strings_of(value, out: list[str]) -> list[str]:
     return out
 
 
-def test_micro_study_reports_its_own_numbers_chooses_w_on_validation_and_resumes(tmp_path, clip_dir, capsys):
+def test_micro_study_reports_its_own_numbers_chooses_w_on_validation_and_resumes(tmp_path, study_clip_dir, capsys):
     workdir = tmp_path / "study"
-    args = [f"--flagfile={CPU_CONFIG}", *MICRO, f"--workdir={workdir}", f"--clip_model={clip_dir}"]
+    args = [f"--flagfile={CPU_CONFIG}", *MICRO, f"--workdir={workdir}", f"--clip_model={study_clip_dir}"]
     setup = parse(*args)
     # An interrupted variant: the study must resume it, not start it again.
-    gapshift = variant_config(setup.ddpm, str(workdir), "image_gapshift", 0, str(clip_dir),
+    gapshift = variant_config(setup.ddpm, str(workdir), "image_gapshift", 0, str(study_clip_dir),
                               str(workdir / "embeddings"))
     train_and_evaluate(gapshift, stop_at=1)
 

@@ -23,7 +23,7 @@ from clip_ddpm.diffusion.grid import make_sampler
 from clip_ddpm.models.layers import resolve_conv_impl
 from clip_ddpm.models.unet import UNet
 from clip_ddpm.training import parallel
-from clip_ddpm.training.train_state import create_train_state
+from clip_ddpm.training.train_state import OptimizerSettings, create_train_state
 
 TIMESTEPS = 400  # the course's T, which the PyTorch peer also uses
 
@@ -90,23 +90,30 @@ def train_step_program(job: dict) -> tuple[Callable[[], Any], Callable[[], Any]]
     spec = UNetSpec.from_job(job)
     mesh = parallel.make_mesh(jax.devices()[:1])
     model = spec.model()
-    optimizer = optax.adam(1e-4)
+    settings = OptimizerSettings.create(1e-4, 1_000_000, 0, 0.0, 0.0)  # a constant 1e-4 (for the metric)
+
+    def optimizer_for(settings):  # the peer's optimiser
+        return optax.adam(settings.learning_rate)
+
     schedule = diffusion.make_schedule("linear", TIMESTEPS)
-    state = jax.device_put(create_train_state(random_params(model, spec.image_size, spec.context_dim), optimizer))
-    step = jit_train_step(make_train_step(model, schedule, optimizer, lambda s: 1e-4, StepConfig(), mesh), mesh)
+    # Placed as the step places its outputs, so the second call does not compile the step again.
+    state = parallel.place_replicated(create_train_state(random_params(model, spec.image_size, spec.context_dim), optimizer_for(settings)), mesh)
+    step = jit_train_step(make_train_step(model, schedule, optimizer_for, StepConfig(), mesh), mesh)
+    settings = parallel.place_replicated(settings, mesh)
     rng = np.random.default_rng(1)
     size = spec.image_size
-    data = {"image": jnp.asarray(rng.uniform(-1, 1, (job["batch"], size, size, 3)), jnp.float32)}
+    data = {"image": rng.uniform(-1, 1, (job["batch"], size, size, 3)).astype(np.float32)}
     if spec.context_dim:
-        data["context"] = jnp.asarray(rng.normal(size=(job["batch"], spec.context_dim)), jnp.float32)
+        data["context"] = rng.normal(size=(job["batch"], spec.context_dim)).astype(np.float32)
+    data = jax.device_put(data, parallel.data_sharded(mesh))
     key = jax.random.key(0)
     holder = {"state": state}
 
     def run():
-        holder["state"], metrics = step(holder["state"], data, key)
+        holder["state"], metrics = step(holder["state"], data, key, settings)
         return metrics
 
-    return run, lambda: step.lower(holder["state"], data, key).compile()
+    return run, lambda: step.lower(holder["state"], data, key, settings).compile()
 
 
 def sampler(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:

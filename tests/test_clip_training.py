@@ -21,11 +21,12 @@ import pytest
 
 from clip_ddpm.clip.train import trainer as clip_training
 from clip_ddpm.clip.train.config import ClipTrainConfig
-from clip_ddpm.clip.train.step import ClipStepSpec, contrastive_loss
+from clip_ddpm.clip.train.step import clip_optimizer, contrastive_loss
 from clip_ddpm.ddpm.config import Config
 from clip_ddpm.errors import UserError
 from clip_ddpm.training.flags import read_flagfile
 from clip_ddpm.training.metric_writer import MetricWriter
+from clip_ddpm.training.train_state import OptimizerSettings
 from clip_ddpm.training.workdir import write_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,9 +79,7 @@ def test_temperature_parameter_is_clamped_after_each_update_and_can_come_back():
     grad = jax.grad(lambda t: contrastive_loss(image, text, t)[0])
     assert float(grad(jnp.float32(math.log(1000.0)))) < 0.0  # a gradient past the cap, too
     limit = math.log(100.0)
-    spec = ClipStepSpec(clip=None, preprocess=None, batch_size=2, learning_rate=0.05, warmup_steps=0,
-                        lr_decay_steps=10)
-    optimizer, _ = spec.optimizer()
+    optimizer = clip_optimizer(OptimizerSettings.create(0.05, 10, 0, weight_decay=0.1, grad_clip=1.0))
 
     def update(logit_scale: float, grad_scale: float) -> float:
         params = {"logit_scale": jnp.float32(logit_scale), "w": jnp.ones((2, 2))}

@@ -110,7 +110,7 @@ def test_skip_leaves_the_state_as_it_was_and_stops_after_n_in_a_row(tmp_path):
 
 def test_learning_rate_and_clip_may_change_on_resume_and_keep_the_checkpoint_format():
     from clip_ddpm.training.flags import resume_conflicts
-    from clip_ddpm.training.train_state import create_train_state, make_optimizer
+    from clip_ddpm.training.train_state import OptimizerSettings, create_train_state, make_optimizer
 
     saved = _config("run")
     lowered = dataclasses.replace(saved, learning_rate=saved.learning_rate / 10, grad_clip=0.0)
@@ -119,5 +119,5 @@ def test_learning_rate_and_clip_may_change_on_resume_and_keep_the_checkpoint_for
     # With and without a clip the optimiser state has one structure, so either restores the other's checkpoints.
     params = {"w": np.zeros((3, 2), np.float32), "b": np.zeros((2,), np.float32)}
     structures = {jax.tree_util.tree_structure(jax.eval_shape(lambda: create_train_state(
-        params, make_optimizer(1e-3, 10, 2, 0.0, clip)[0]))) for clip in (0.0, 0.5, 1.0)}
+        params, make_optimizer(OptimizerSettings.create(1e-3, 10, 2, 0.0, clip))))) for clip in (0.0, 0.5, 1.0)}
     assert len(structures) == 1

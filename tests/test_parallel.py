@@ -21,7 +21,7 @@ from clip_ddpm.diffusion.grid import make_sampler
 from clip_ddpm.errors import UserError
 from clip_ddpm.models.unet import UNet
 from clip_ddpm.training import parallel
-from clip_ddpm.training.train_state import create_train_state
+from clip_ddpm.training.train_state import OptimizerSettings, create_train_state
 
 
 def test_conftest_gives_four_devices():
@@ -37,14 +37,15 @@ def _run_steps(devices, num_steps=2):
     optimizer = optax.sgd(0.02)
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)), jnp.zeros((1, 4)))
     state = jax.device_put(create_train_state(params, optimizer), parallel.replicated(mesh))
-    step = jit_train_step(make_train_step(model, schedule, optimizer, lambda s: 1e-3,
+    step = jit_train_step(make_train_step(model, schedule, lambda settings: optimizer,
                                           StepConfig(context_drop_prob=0.5), mesh), mesh)
+    settings = OptimizerSettings.create(0.02, 10, 0, 0.0, 0.0)  # for the logged rate only
     key = jax.random.key(7)
     batch = {"image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 3), minval=-1, maxval=1),
              "context": jax.random.normal(jax.random.key(2), (8, 4))}
     losses = []
     for _ in range(num_steps):
-        state, metrics = step(state, jax.device_put(batch, parallel.data_sharded(mesh)), key)
+        state, metrics = step(state, jax.device_put(batch, parallel.data_sharded(mesh)), key, settings)
         losses.append(float(metrics["loss"]))
     return jax.device_get(state), losses
 

@@ -17,7 +17,7 @@ from clip_ddpm.ddpm.trainer import train_and_evaluate
 from clip_ddpm.errors import UserError
 from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.training.flags import read_flagfile
-from clip_ddpm.training.train_state import make_optimizer
+from clip_ddpm.training.train_state import OptimizerSettings, learning_rate_at
 from clip_ddpm.training.workdir import RunInfo, write_atomically, write_run_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,8 +94,8 @@ def test_extending_a_finished_run_goes_on_at_the_final_learning_rate(tmp_path):
     for step in (7, 8, 9):
         assert rates[step] == pytest.approx(0.01 * peak)
     # A schedule rebuilt for 9 steps (as resuming did before) would be back far above the floor.
-    _, nine_step_schedule = make_optimizer(peak, 9, common["warmup_steps"], 0.0, 1.0)
-    assert float(nine_step_schedule(6)) > 0.3 * peak
+    nine_step_schedule = OptimizerSettings.create(peak, 9, common["warmup_steps"], 0.0, 1.0)
+    assert float(learning_rate_at(nine_step_schedule, 6)) > 0.3 * peak
     # Asking for another schedule length on resume is a different run.
     with pytest.raises(UserError, match="lr_decay_steps: saved 6, requested 12"):
         train_and_evaluate(smoke_config(extended, num_steps=12, lr_decay_steps=12, **common))

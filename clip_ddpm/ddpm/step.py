@@ -1,7 +1,8 @@
 """The DDPM training step and on-device batch drawing, as pure functions jitted over a mesh.
 
-`train_step(state, batch, key) -> (state, metrics)`: timesteps, noise and context-drop masks
-are drawn at the global batch shape from fold_in(key, step), sharded along 'data'.
+`train_step(state, batch, key, settings) -> (state, metrics)`: timesteps, noise and context-drop
+masks are drawn at the global batch shape from fold_in(key, step), sharded along 'data'; the
+optimiser's numbers (`OptimizerSettings`) are an argument, not constants of the program.
 `make_data_train_step` puts batch drawing (`training.batches.draw_batch`) and the step in one
 program, so the training loop never waits on the host.
 """
@@ -22,7 +23,13 @@ from clip_ddpm.diffusion.forward import loss_weights
 from clip_ddpm.training.batches import draw_batch
 from clip_ddpm.training.guard import guard_update
 from clip_ddpm.training.parallel import data_sharded, replicated
-from clip_ddpm.training.train_state import TrainState, apply_gradients, tree_l2_norm
+from clip_ddpm.training.train_state import (
+    OptimizerSettings,
+    TrainState,
+    apply_gradients,
+    learning_rate_at,
+    tree_l2_norm,
+)
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -58,14 +65,22 @@ def step_randomness(key: jax.Array, step: jax.Array, image_shape: tuple[int, ...
     return t, eps, key_drop
 
 
-def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: optax.GradientTransformation,
-                    learning_rate_fn: Callable[[jax.Array], jax.Array], step_config: StepConfig,
-                    mesh: Mesh) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-    """The un-jitted step; `jit_train_step` wraps it with shardings and state donation."""
+OptimizerFactory = Callable[[OptimizerSettings], optax.GradientTransformation]
+
+
+def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer_for: OptimizerFactory,
+                    step_config: StepConfig, mesh: Mesh
+                    ) -> Callable[[TrainState, Batch, jax.Array, OptimizerSettings], tuple[TrainState, Metrics]]:
+    """The un-jitted step; `jit_train_step` wraps it with shardings and state donation.
+
+    `optimizer_for(settings)` builds the optimiser inside the step from the settings it is given
+    (training.train_state.make_optimizer, or any optax transformation of the same state).
+    """
     batch_sharding = data_sharded(mesh)
     num_timesteps = schedule.num_timesteps
 
-    def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+    def train_step(state: TrainState, batch: Batch, key: jax.Array,
+                   settings: OptimizerSettings) -> tuple[TrainState, Metrics]:
         x0 = batch["image"]
         t, eps, key_drop = step_randomness(key, state.step, x0.shape, num_timesteps)
         t = jax.lax.with_sharding_constraint(t, batch_sharding)
@@ -86,19 +101,19 @@ def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer: o
             return diffusion.eps_loss(model.apply(params, x_t, t_frac, context), eps, weights)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        new_state = apply_gradients(state, grads, optimizer, step_config.ema_decay)
+        new_state = apply_gradients(state, grads, optimizer_for(settings), step_config.ema_decay)
         metrics = {"loss": loss, "grad_norm": tree_l2_norm(grads),
                    "param_norm": tree_l2_norm(new_state.params),
-                   "learning_rate": learning_rate_fn(state.step)}
+                   "learning_rate": learning_rate_at(settings, state.step)}
         return guard_update(state, new_state, metrics, step_config.skip_nonfinite)
 
     return train_step
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh) -> Callable:
-    """State replicated and donated, batch sharded along 'data', metrics replicated."""
+    """State replicated and donated, batch sharded along 'data', key, settings and metrics replicated."""
     return jax.jit(train_step,
-                   in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
+                   in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh), replicated(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)),
                    donate_argnums=(0,))
 
@@ -107,16 +122,16 @@ def make_data_train_step(train_step: Callable, batch_size: int, random_flip: boo
                          to_context: Callable[[Batch], jax.Array | None]) -> Callable:
     """One jitted program per step: draw the batch on device, build its context, train.
 
-    Returns fn(state, data, key) -> (state, metrics), with the state donated.
+    Returns fn(state, data, key, settings) -> (state, metrics), with the state donated.
     """
-    def step(state: TrainState, data: Batch, key: jax.Array):
+    def step(state: TrainState, data: Batch, key: jax.Array, settings: OptimizerSettings):
         data_key, noise_key = jax.random.split(key)
         batch = draw_batch(data, data_key, state.step, batch_size, random_flip)
         batch = {"image": batch["image"], "context": to_context(batch)}
         if batch["context"] is None:
             del batch["context"]
         batch = jax.lax.with_sharding_constraint(batch, data_sharded(mesh))
-        return train_step(state, batch, noise_key)
+        return train_step(state, batch, noise_key, settings)
 
-    return jax.jit(step, in_shardings=(replicated(mesh), None, replicated(mesh)),
+    return jax.jit(step, in_shardings=(replicated(mesh), None, replicated(mesh), replicated(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))

@@ -20,7 +20,7 @@ from clip_ddpm.training.datasets import load_split
 from clip_ddpm.training.loop import LoopSettings, TrainResult, run_loop
 from clip_ddpm.training.metric_writer import MetricWriter
 from clip_ddpm.training.run_lock import holding_workdir
-from clip_ddpm.training.train_state import create_train_state, make_optimizer
+from clip_ddpm.training.train_state import OptimizerSettings, create_train_state, make_optimizer
 from clip_ddpm.training.workdir import (
     RunInfo,
     recorded_clip,
@@ -50,13 +50,14 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
     transform = build_context_transform(config, dataset, contexts)
     model = builders.build_model(config, contexts.dim)
     schedule = builders.build_schedule(config)
-    optimizer, lr_fn = make_optimizer(config.learning_rate, config.lr_decay_steps, config.warmup_steps,
-                                      config.weight_decay, config.grad_clip, eps=config.adam_eps)
+    optimizer_settings = OptimizerSettings.create(config.learning_rate, config.lr_decay_steps, config.warmup_steps,
+                                                  config.weight_decay, config.grad_clip, eps=config.adam_eps)
     base_key = jax.random.key(config.seed)
     init_key, train_key, sample_key = jax.random.split(base_key, 3)
 
     def init_state():
-        return create_train_state(builders.init_params(model, config, contexts.dim, init_key), optimizer)
+        return create_train_state(builders.init_params(model, config, contexts.dim, init_key),
+                                  make_optimizer(optimizer_settings))
 
     checkpoints = Checkpoints(config.workdir, config.keep_checkpoints)
     state = checkpoints.restore_or_initialize(init_state, parallel.replicated(mesh))
@@ -72,7 +73,7 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
                  mesh.devices.size, len(dataset))
 
     data = parallel.place_dataset(contexts.device_fields(dataset), mesh)
-    step_fn = make_train_step(model, schedule, optimizer, lr_fn,
+    step_fn = make_train_step(model, schedule, make_optimizer,
                               StepConfig(config.context_drop_prob, config.context_drop, config.ema_decay,
                                          skip_nonfinite=config.on_nonfinite == "skip",
                                          context_transform=transform, loss_weighting=config.loss_weighting,
@@ -81,7 +82,8 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
     train_iteration = make_data_train_step(step_fn, config.batch_size, config.random_flip, mesh,
                                            contexts.batch_context)
     train_key = parallel.place_replicated(train_key, mesh)
-    train_iteration = parallel.compiled_for_every_process(train_iteration, state, data, train_key)
+    optimizer_settings = parallel.place_replicated(optimizer_settings, mesh)
+    train_iteration = parallel.compiled_for_every_process(train_iteration, state, data, train_key, optimizer_settings)
 
     grid_contexts, _ = contexts.grid_contexts(dataset, config.sample_columns)
     if grid_contexts is not None and contexts.kind == "vectors":
@@ -98,7 +100,7 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
 
     settings = LoopSettings(config.num_steps, config.batch_size, config.log_every, config.checkpoint_every,
                             config.sample_every, stop_at, config.on_nonfinite, config.max_nonfinite_steps)
-    result = run_loop(state, lambda s: train_iteration(s, data, train_key), settings, checkpoints,
+    result = run_loop(state, lambda s: train_iteration(s, data, train_key, optimizer_settings), settings, checkpoints,
                       MetricWriter(config.workdir, enabled=is_chief), write_samples if columns else None,
                       show_progress=is_chief)
     return TrainResult(step=result.step, metrics=result.metrics, images_per_second=result.images_per_second,

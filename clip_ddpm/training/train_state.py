@@ -11,6 +11,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -51,20 +52,53 @@ def apply_gradients(state: TrainState, grads: Any, optimizer: optax.GradientTran
     return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
 
 
-def make_optimizer(learning_rate: float, schedule_steps: int, warmup_steps: int, weight_decay: float,
-                   grad_clip: float, weight_decay_mask: Any = None, eps: float = 1e-8
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warm-up then cosine decay to 1% of the peak over `schedule_steps` (the
-    rate stays at 1% after them), after global-norm clipping.
+@flax.struct.dataclass
+class OptimizerSettings:
+    """The optimiser's numbers, as float32 scalars the compiled step takes as an argument.
+
+    Baked into the program as constants they would make every learning rate, schedule length,
+    warm-up, clip, weight decay or epsilon a program of its own, compiled afresh: a restart with a
+    lower --learning_rate (the divergence advice), a run extended with more steps or a sweep over
+    rates would all wait for the compiler. As arguments they share one program and its cache entry.
+    """
+
+    learning_rate: Any
+    warmup_steps: Any
+    schedule_steps: Any
+    weight_decay: Any
+    grad_clip: Any  # 0: no clipping
+    eps: Any
+
+    @classmethod
+    def create(cls, learning_rate: float, schedule_steps: int, warmup_steps: int, weight_decay: float,
+               grad_clip: float, eps: float = 1e-8) -> "OptimizerSettings":
+        """Linear warm-up over `warmup_steps` (at most schedule_steps - 1), then cosine decay to 1%
+        of the peak at `schedule_steps`; the rate stays at 1% after them."""
+        warmup = max(0, min(warmup_steps, schedule_steps - 1))
+        values = (learning_rate, warmup, max(schedule_steps, warmup + 1), weight_decay, grad_clip, eps)
+        return cls(*(np.float32(v) for v in values))
+
+
+def learning_rate_at(settings: OptimizerSettings, step: Any) -> jax.Array:
+    """The rate of update `step` (0-based): a pure function of the settings, so it runs inside the
+    compiled step as well as on the host."""
+    step = jnp.asarray(step, jnp.float32)
+    peak, warmup, total = settings.learning_rate, settings.warmup_steps, settings.schedule_steps
+    rising = peak * step / jnp.maximum(warmup, 1.0)
+    progress = jnp.clip((step - warmup) / (total - warmup), 0.0, 1.0)
+    falling = peak * (0.01 + 0.99 * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+    return jnp.where(step < warmup, rising, falling)
+
+
+def make_optimizer(settings: OptimizerSettings, weight_decay_mask: Any = None) -> optax.GradientTransformation:
+    """AdamW at `learning_rate_at(settings, step)` after global-norm clipping.
 
     `weight_decay_mask` (a pytree of bools or a function of the params giving one) limits the
-    decay to some parameters; None decays all of them. `eps` is Adam's epsilon.
+    decay to some parameters; None decays all of them. The clip is always in the chain (an
+    infinite norm when --grad_clip is 0), so the optimiser state has one structure and a resumed
+    run may change --grad_clip, even to or from 0, and still restore its checkpoints.
     """
-    warmup = max(0, min(warmup_steps, schedule_steps - 1))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=learning_rate, warmup_steps=warmup,
-        decay_steps=max(schedule_steps, warmup + 1), end_value=learning_rate * 0.01)
-    # identity() in place of no clip keeps the optimiser state's structure, so a resumed run may
-    # change --grad_clip (even to or from 0) and still restore its checkpoints.
-    clip = optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity()
-    return optax.chain(clip, optax.adamw(schedule, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)), schedule
+    max_norm = jnp.where(settings.grad_clip > 0, settings.grad_clip, jnp.inf)
+    adamw = optax.adamw(lambda count: learning_rate_at(settings, count), eps=settings.eps,
+                        weight_decay=settings.weight_decay, mask=weight_decay_mask)
+    return optax.chain(optax.clip_by_global_norm(max_norm), adamw)

@@ -1,7 +1,7 @@
 """The contrastive CLIP objective and its training step, as pure functions jitted over a mesh.
 
 `contrastive_loss` is CLIP's symmetric InfoNCE on one batch of image-caption pairs.
-`make_clip_train_step(spec, mesh)` returns the jitted `fn(state, data, key) -> (state, metrics)`
+`make_clip_train_step(spec, mesh)` returns the jitted `fn(state, data, key, settings) -> (state, metrics)`
 that draws a batch from the dataset held on the devices, preprocesses and augments it there, and
 takes one optimiser step; it follows the DDPM step's conventions (state replicated and donated,
 batch sharded along 'data', randomness from fold_in(key, step)). The loss needs the similarities
@@ -26,8 +26,10 @@ from clip_ddpm.training.batches import draw_batch
 from clip_ddpm.training.guard import guard_update
 from clip_ddpm.training.parallel import data_sharded, replicated
 from clip_ddpm.training.train_state import (
+    OptimizerSettings,
     TrainState,
     apply_gradients,
+    learning_rate_at,
     make_optimizer,
     tree_l2_norm,
 )
@@ -102,26 +104,19 @@ class ClipStepSpec:
     preprocess: PreprocessConfig
     batch_size: int
     compute_dtype: str = "float32"
-    learning_rate: float = 1e-3
-    lr_decay_steps: int = 1000
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
     ema_decay: float = 0.999
     random_flip: bool = False
     random_shift: int = 0
     skip_nonfinite: bool = False  # --on_nonfinite=skip: a non-finite step leaves the state as it was
-    adam_eps: float = 1e-8
 
     def model(self) -> CLIP:
         return CLIP(self.clip, dtype=jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32)
 
-    def optimizer(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
-        """AdamW as the DDPM's, with the temperature clamped after each update."""
-        adamw, schedule = make_optimizer(self.learning_rate, self.lr_decay_steps, self.warmup_steps,
-                                         self.weight_decay, self.grad_clip, weight_decay_mask=decay_mask,
-                                         eps=self.adam_eps)
-        return optax.chain(adamw, clamp_logit_scale()), schedule
+
+def clip_optimizer(settings: OptimizerSettings) -> optax.GradientTransformation:
+    """AdamW as the DDPM's, without decay of gains, biases, embeddings and the temperature, and
+    with the temperature clamped after each update."""
+    return optax.chain(make_optimizer(settings, weight_decay_mask=decay_mask), clamp_logit_scale())
 
 
 def clip_loss_fn(model: CLIP, params: dict, batch: Batch) -> tuple[jax.Array, Metrics]:
@@ -144,24 +139,24 @@ def device_batch(data: Batch, key: jax.Array, step: jax.Array, spec: ClipStepSpe
 
 @functools.lru_cache(maxsize=8)
 def make_clip_train_step(spec: ClipStepSpec, mesh: Mesh):
-    """fn(state, data, key) -> (state, metrics), jitted: one program per (spec, mesh).
+    """fn(state, data, key, settings) -> (state, metrics), jitted: one program per (spec, mesh).
 
     `data` holds the whole dataset on the devices: "image" uint8 [N, H, W, 3] and the
     tokenized captions "input_ids" / "attention_mask" int32 [N, L]. The state is donated.
     """
     model = spec.model()
-    optimizer, lr_fn = spec.optimizer()
 
-    def step(state: TrainState, data: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+    def step(state: TrainState, data: Batch, key: jax.Array,
+             settings: OptimizerSettings) -> tuple[TrainState, Metrics]:
         batch = device_batch(data, key, state.step, spec)
         batch = jax.lax.with_sharding_constraint(batch, data_sharded(mesh))
         (loss, metrics), grads = jax.value_and_grad(
             functools.partial(clip_loss_fn, model), has_aux=True)(state.params, batch)
-        new_state = apply_gradients(state, grads, optimizer, spec.ema_decay)
+        new_state = apply_gradients(state, grads, clip_optimizer(settings), spec.ema_decay)
         metrics = {"loss": loss, **metrics, "grad_norm": tree_l2_norm(grads),
                    "param_norm": tree_l2_norm(new_state.params),
-                   "learning_rate": lr_fn(state.step)}
+                   "learning_rate": learning_rate_at(settings, state.step)}
         return guard_update(state, new_state, metrics, spec.skip_nonfinite)
 
-    return jax.jit(step, in_shardings=(replicated(mesh), None, replicated(mesh)),
+    return jax.jit(step, in_shardings=(replicated(mesh), None, replicated(mesh), replicated(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))

@@ -31,7 +31,7 @@ from clip_ddpm.clip.tokenizer import (
 from clip_ddpm.clip.train.config import ClipTrainConfig
 from clip_ddpm.clip.train.evaluation import evaluate_clip, format_table
 from clip_ddpm.clip.train.init import mimetic_vision_attention, sincos_vision_positions
-from clip_ddpm.clip.train.step import ClipStepSpec, make_clip_train_step
+from clip_ddpm.clip.train.step import ClipStepSpec, clip_optimizer, make_clip_train_step
 from clip_ddpm.clip.weights import save_clip
 from clip_ddpm.data import ImageDataset
 from clip_ddpm.errors import UserError
@@ -47,7 +47,7 @@ from clip_ddpm.training.datasets import load_split
 from clip_ddpm.training.loop import LoopSettings, TrainResult, run_loop
 from clip_ddpm.training.metric_writer import MetricWriter
 from clip_ddpm.training.run_lock import holding_workdir
-from clip_ddpm.training.train_state import create_train_state
+from clip_ddpm.training.train_state import OptimizerSettings, create_train_state
 from clip_ddpm.training.workdir import ensure_writable_directory, start_run, write_flags
 
 __all__ = ["ClipTrainConfig", "ClipTrainResult", "train_clip_and_evaluate", "build_clip_config"]
@@ -188,15 +188,14 @@ def _train_clip(config: ClipTrainConfig, mesh, is_chief: bool, resumed: bool) ->
     preprocess = PreprocessConfig.for_image_size(config.image_size)
     spec = ClipStepSpec(
         clip=clip_config, preprocess=preprocess, batch_size=config.batch_size, compute_dtype=config.dtype,
-        learning_rate=config.learning_rate, lr_decay_steps=config.lr_decay_steps,
-        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
         ema_decay=config.ema_decay, random_flip=config.random_flip, random_shift=config.random_shift,
-        skip_nonfinite=config.on_nonfinite == "skip", adam_eps=config.adam_eps)
-    optimizer, _ = spec.optimizer()
+        skip_nonfinite=config.on_nonfinite == "skip")
+    optimizer_settings = OptimizerSettings.create(config.learning_rate, config.lr_decay_steps, config.warmup_steps,
+                                                  config.weight_decay, config.grad_clip, eps=config.adam_eps)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
 
     def init_state():
-        return create_train_state(init_params(config, clip_config, init_key), optimizer)
+        return create_train_state(init_params(config, clip_config, init_key), clip_optimizer(optimizer_settings))
 
     checkpoints = Checkpoints(config.workdir, config.keep_checkpoints)
     state = checkpoints.restore_or_initialize(init_state, parallel.replicated(mesh))
@@ -209,10 +208,11 @@ def _train_clip(config: ClipTrainConfig, mesh, is_chief: bool, resumed: bool) ->
     data = parallel.place_dataset({"image": train.images, "input_ids": ids, "attention_mask": mask}, mesh)
     step_fn = make_clip_train_step(spec, mesh)
     train_key = parallel.place_replicated(train_key, mesh)
-    step_fn = parallel.compiled_for_every_process(step_fn, state, data, train_key)
+    optimizer_settings = parallel.place_replicated(optimizer_settings, mesh)
+    step_fn = parallel.compiled_for_every_process(step_fn, state, data, train_key, optimizer_settings)
     settings = LoopSettings(config.num_steps, config.batch_size, config.log_every, config.checkpoint_every,
                             on_nonfinite=config.on_nonfinite, max_nonfinite_steps=config.max_nonfinite_steps)
-    loop = run_loop(state, lambda s: step_fn(s, data, train_key), settings, checkpoints,
+    loop = run_loop(state, lambda s: step_fn(s, data, train_key, optimizer_settings), settings, checkpoints,
                     MetricWriter(config.workdir, enabled=is_chief), show_progress=is_chief)
     result = ClipTrainResult(step=loop.step, metrics=loop.metrics, images_per_second=loop.images_per_second,
                              num_params=num_params, preempted=loop.preempted)

@@ -95,7 +95,8 @@ def train_step_program(job: dict) -> tuple[Callable[[], Any], Callable[[], Any]]
     settings = OptimizerSettings.create(1e-4, 1_000_000, 0, 0.0, 0.0)
 
     def optimizer_for(given: OptimizerSettings) -> optax.GradientTransformation:
-        return optax.adam(given.learning_rate)
+        # On one raveled vector of all parameters, as the trainer's optimiser works.
+        return optax.flatten(optax.adam(given.learning_rate))
 
     schedule = diffusion.make_schedule("linear", TIMESTEPS)
     # Placed as the step places its outputs, so the second call does not compile the step again.

@@ -28,3 +28,19 @@ jax.config.update("jax_compilation_cache_dir", _TEST_CACHE)
 os.environ.setdefault("CLIP_DDPM_COMPILATION_CACHE", _TEST_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# With `-n 2 --dist loadfile` each worker takes the next file in collection order as it frees up,
+# so a long file collected last keeps one worker busy while the other idles. The files that
+# start training processes (a minute or two each on two cores) are collected first, longest
+# first; the rest follow in their usual order.
+_LONGEST_FIRST = (
+    "test_train_cli.py", "test_multihost.py", "test_study.py", "test_crash_and_resume.py", "test_benchmarks.py",
+    "test_study_gpu_config.py", "test_study_flowers.py", "test_samplers.py", "test_divergence.py",
+    "test_clip_training.py", "test_clip_conditioning.py", "test_compilation.py", "test_multihost_clip.py",
+    "test_unet.py", "test_parallel.py", "test_clip_parity.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -45,7 +45,7 @@ def _train_step(spec: OracleSpec):
     model = spec.model()
     schedule = optax.warmup_cosine_decay_schedule(0.0, spec.learning_rate, min(100, spec.steps // 10 + 1),
                                                   max(spec.steps, 2), spec.learning_rate * 0.01)
-    optimizer = optax.adamw(schedule, weight_decay=1e-4)
+    optimizer = optax.flatten(optax.adamw(schedule, weight_decay=1e-4))  # a few ops, not a dozen per array
 
     def loss_fn(params, images, labels):
         _, logits = model.apply(params, images)

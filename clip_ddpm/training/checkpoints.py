@@ -57,6 +57,21 @@ def _write_each_array_once() -> None:
         logging.set_verbosity(verbosity)
 
 
+def _refuse_another_layout(error: Exception, step: int, directory: str) -> None:
+    """UserError when orbax read the checkpoint of `step` and found arrays laid out otherwise than
+    the state this version trains (written by a version whose training state differed: e.g. its
+    optimiser kept one Adam moment per parameter array). Such a checkpoint is not damaged: it
+    must not be set aside as damaged, nor the run resumed from an older one."""
+    text = str(error)
+    if "tree structures do not match" not in text:
+        return
+    where = next((line.strip().rstrip(":") for line in text.splitlines()[1:] if line.strip()), "")
+    detail = f" (first difference in {where})" if where else ""
+    raise UserError(f"the checkpoint of step {step} in {directory} holds a training state laid out differently "
+                    f"from the one this version of clip_ddpm trains{detail}: it was written by another version. "
+                    f"Resume it with that version, or train in a new --workdir; nothing was changed") from None
+
+
 class Checkpoints:
     """A thin, typed face of orbax's CheckpointManager for one training state."""
 
@@ -125,6 +140,7 @@ class Checkpoints:
             try:
                 state = self.restore(abstract_state, step)
             except Exception as error:  # noqa: BLE001  (orbax and tensorstore raise many kinds)
+                _refuse_another_layout(error, step, self._manager.directory)
                 problem = _first_line(error)
             if gather_from_processes(int(not problem)).all():
                 if damaged:

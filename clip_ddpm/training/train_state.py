@@ -93,12 +93,19 @@ def learning_rate_at(settings: OptimizerSettings, step: Any) -> jax.Array:
 def make_optimizer(settings: OptimizerSettings, weight_decay_mask: Any = None) -> optax.GradientTransformation:
     """AdamW at `learning_rate_at(settings, step)` after global-norm clipping.
 
-    `weight_decay_mask` (a pytree of bools or a function of the params giving one) limits the
-    decay to some parameters; None decays all of them. The clip is always in the chain (an
-    infinite norm when --grad_clip is 0), so the optimiser state has one structure and a resumed
-    run may change --grad_clip, even to or from 0, and still restore its checkpoints.
+    The clip and Adam's moments work on all parameters raveled into one vector (`optax.flatten`):
+    the same numbers as leaf by leaf, but a handful of operations instead of a dozen per
+    parameter array, which halves the time XLA takes to compile a small model's train step and
+    makes the step itself faster on the CPU. The decay and the rate act leaf by leaf, where they
+    fuse with the parameter update, and where `weight_decay_mask` (a pytree of bools or a
+    function of the params giving one; None decays all) can select whole arrays. The clip is
+    always in the chain (an infinite norm when --grad_clip is 0), so the optimiser state has one
+    structure and a resumed run may change --grad_clip, even to or from 0.
     """
     max_norm = jnp.where(settings.grad_clip > 0, settings.grad_clip, jnp.inf)
-    adamw = optax.adamw(lambda count: learning_rate_at(settings, count), eps=settings.eps,
-                        weight_decay=settings.weight_decay, mask=weight_decay_mask)
-    return optax.chain(optax.clip_by_global_norm(max_norm), adamw)
+    return optax.chain(
+        optax.flatten(optax.chain(optax.clip_by_global_norm(max_norm), optax.scale_by_adam(eps=settings.eps))),
+        optax.add_decayed_weights(settings.weight_decay, mask=weight_decay_mask),
+        optax.scale_by_learning_rate(lambda count: learning_rate_at(settings, count)),
+    )
+

@@ -3,7 +3,8 @@
     python benchmarks/cpu.py --peer_dir=DIR --threads=2 [--markdown=cpu_table.md]
 
 DIR holds torch_unet_peer.py, the course's U-Net in PyTorch. Figures, each side in its own
-process, the peer with --threads threads (XLA:CPU uses every core of the machine):
+process, the peer with --threads threads, ours on --threads CPU devices (one per core, as every
+command of the project splits the CPU: clip_ddpm/training/host_devices.py):
   - train step (images/s) at down_chs (32,32,64) and (64,64,128) with batch 32, and at the
     course's (256,256,512) with batch 16; 32x32 images, context 512, Adam(1e-4) on both sides;
   - guided DDIM-100 sampling of 64 images at (64,64,128): both sides evaluate the network 100
@@ -36,12 +37,13 @@ def figures(peer_dir: str, threads: int, conv_impl: str, repeats: int) -> list[F
     out = []
     for down, batch, target in TRAIN:
         job = {**common, "kind": "train", "down": list(down), "batch": batch, "warmup": 2, "repeats": repeats}
-        out.append(Figure(f"train step {down} batch {batch}", "img/s", {**job, "side": "ours"},
+        out.append(Figure(f"train step {down} batch {batch}", "img/s", {**job, "side": "ours", "cpu_devices": threads},
                           {"eager_fp32": {**job, "side": "peer", "mode": "eager_fp32"}}, target))
     down, n, steps, target = SAMPLING
     job = {**common, "kind": "ddim", "down": list(down), "num_images": n, "steps": steps, "warmup": 0, "repeats": 1,
            "timesteps": sampling_timesteps(400, "ddim", steps)}
-    out.append(Figure(f"guided DDIM-{steps} sampling of {n} images {down}", "img/s", {**job, "side": "ours"},
+    out.append(Figure(f"guided DDIM-{steps} sampling of {n} images {down}", "img/s",
+                      {**job, "side": "ours", "cpu_devices": threads},
                       {"eager_fp32": {**job, "side": "peer", "mode": "eager_fp32"}}, target))
     return out
 
@@ -63,7 +65,7 @@ def main() -> None:
     load_before = os.getloadavg()
     run_figures(chosen, timeout=3600)
     load_after = os.getloadavg()
-    notes = [f"Peer: {args.threads} threads; ours: --conv_impl={args.conv_impl}, XLA:CPU on every core. "
+    notes = [f"Peer: {args.threads} threads; ours: --conv_impl={args.conv_impl}, {args.threads} CPU devices. "
              f"Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}."]
     print(report(chosen, "GFLOP/s", notes, args.markdown))
     if any("error" in r for f in chosen for r in f.results.values()):

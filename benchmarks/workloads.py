@@ -16,12 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from clip_ddpm import diffusion
 from clip_ddpm.ddpm.step import StepConfig, jit_train_step, make_train_step
 from clip_ddpm.diffusion.grid import make_sampler
 from clip_ddpm.models.layers import resolve_conv_impl
 from clip_ddpm.models.unet import UNet
+from clip_ddpm.training.host_devices import split_cpu_into_devices
 from clip_ddpm.training import parallel
 from clip_ddpm.training.train_state import OptimizerSettings, create_train_state
 
@@ -46,6 +48,12 @@ class UNetSpec:
         conv, upsample = resolve_conv_impl(self.conv_impl)
         return UNet(down_chs=self.down_chs, context_dim=self.context_dim, conv_impl=conv,
                     upsample_impl=upsample, dtype=self.dtype, fused_norm=self.fused_norm)
+
+
+def _benchmark_mesh() -> Mesh:
+    """On the CPU, every device (the trainer's one per core, `host_devices`); elsewhere one
+    accelerator, as the peer uses one."""
+    return parallel.make_mesh(jax.devices() if jax.default_backend() == "cpu" else jax.devices()[:1])
 
 
 def random_params(model: UNet, image_size: int, context_dim: int, seed: int = 0) -> Any:
@@ -81,14 +89,15 @@ def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
     """(one step of the project's jitted train step with Adam(1e-4), the peer's optimiser;
     a function giving its FLOPs)."""
     run, compile_step = train_step_program(job)
-    return run, lambda: compiled_flops(compile_step())
+    # XLA's cost analysis of a program split over devices counts one device's share.
+    return run, lambda: compiled_flops(compile_step()) * _benchmark_mesh().devices.size
 
 
 def train_step_program(job: dict) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(one train step, as in `train_step`; a function giving its compiled XLA program, whose
     HLO profile_step.py maps trace events back to)."""
     spec = UNetSpec.from_job(job)
-    mesh = parallel.make_mesh(jax.devices()[:1])
+    mesh = _benchmark_mesh()
     model = spec.model()
     # Adam at 1e-4, the peer's optimiser; a schedule far longer than any benchmark keeps the
     # logged rate at 1e-4 too.
@@ -127,8 +136,10 @@ def sampler(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
     model = spec.model()
     n = job["num_images"]
     schedule = diffusion.make_schedule("linear", TIMESTEPS)
-    params = jax.device_put(random_params(model, spec.image_size, spec.context_dim))
-    fn = make_sampler(model, schedule, (spec.image_size, spec.image_size, 3), job["kind"], job.get("steps"))
+    mesh = _benchmark_mesh()
+    params = parallel.place_replicated(random_params(model, spec.image_size, spec.context_dim), mesh)
+    fn = make_sampler(model, schedule, (spec.image_size, spec.image_size, 3), job["kind"], job.get("steps"),
+                      mesh=mesh)
     rng = np.random.default_rng(2)
     contexts = jnp.asarray(rng.normal(size=(n, spec.context_dim)), jnp.float32) if spec.context_dim else None
     w = jnp.full((n,), 1.0, jnp.float32)
@@ -193,7 +204,11 @@ def peak_bytes() -> int | None:
 
 
 def run(job: dict) -> dict:
-    """One measurement of ours, chosen by job['kind'] (train, ddpm, ddim, clip)."""
+    """One measurement of ours, chosen by job['kind'] (train, ddpm, ddim, clip). With
+    job['cpu_devices'], the CPU is split into that many devices first, as each command splits it
+    by its cores (a process of its own: the split must come before JAX starts)."""
+    if job.get("cpu_devices"):
+        split_cpu_into_devices([job.get("batch") or job.get("num_images") or 0], cores=job["cpu_devices"])
     parallel.configure_jax()
     build = {"train": train_step, "ddpm": sampler, "ddim": sampler, "clip": clip_encoder}[job["kind"]]
     fn, flops = build(job)

@@ -2,11 +2,15 @@
 the libraries' chatter out of the log, and report bad input as one line with a non-zero exit."""
 from __future__ import annotations
 
+import functools
 import logging as std_logging
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 
 from clip_ddpm.errors import UserError, exit_with_error
 from clip_ddpm.training.compilation import enable_compilation_cache
+from clip_ddpm.training.host_devices import split_cpu_into_devices
+
+T = TypeVar("T")
 
 _NOISY_LIBRARIES = ("orbax", "etils", "jax/_src")
 
@@ -46,10 +50,12 @@ def run_app(main: Callable[[list[str]], None], argv: list[str] | None = None) ->
     app.run(main, argv=argv, flags_parser=parse_flags)
 
 
-def run_command(argv: list[str], command: Callable[[], object]) -> None:
+def run_command(argv: list[str], command: Callable[[], object],
+                batch_sizes: Callable[[], Sequence[int]] = tuple) -> None:
     """The body of every entry point's main(): refuse stray arguments, hide the libraries' INFO
-    chatter, keep compiled programs for the next run (training/compilation.py), and report a
-    UserError as one line with exit status 2."""
+    chatter, keep compiled programs for the next run (training/compilation.py), split the CPU
+    into one device per core so that each of `batch_sizes()` divides evenly
+    (training/host_devices.py), and report a UserError as one line with exit status 2."""
     from absl import app
 
     if len(argv) > 1:
@@ -57,9 +63,15 @@ def run_command(argv: list[str], command: Callable[[], object]) -> None:
     quiet_library_logs()
     enable_compilation_cache()
     try:
+        split_cpu_into_devices(batch_sizes())
         command()
     except UserError as error:
         exit_with_error(str(error))
+
+
+def once(build: Callable[[], T]) -> Callable[[], T]:
+    """`build`, called at most once: a config that both `batch_sizes` and the command read."""
+    return functools.cache(build)
 
 
 def trainer_main(config_class: type, trainer: str) -> Callable[[list[str]], None]:
@@ -67,17 +79,20 @@ def trainer_main(config_class: type, trainer: str) -> Callable[[list[str]], None
     passed to `trainer` ("module:function"), which is imported only then, so parsing the flags
     (and --help) never waits for the numerical libraries."""
     def main(argv: list[str]) -> None:
-        def command():
-            import importlib
-
+        @once
+        def config():
             from absl import flags
 
             from clip_ddpm.training.flags import from_flags
 
-            module, function = trainer.split(":")
-            return getattr(importlib.import_module(module), function)(
-                from_flags(flags.FLAGS, config_class).validate())
+            return from_flags(flags.FLAGS, config_class).validate()
 
-        run_command(argv, command)
+        def command():
+            import importlib
+
+            module, function = trainer.split(":")
+            return getattr(importlib.import_module(module), function)(config())
+
+        run_command(argv, command, batch_sizes=lambda: [config().batch_size])
 
     return main

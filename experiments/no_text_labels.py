@@ -20,15 +20,21 @@ define_study_flags(flags.FLAGS)
 
 
 def main(argv: list[str]) -> None:
-    from clip_ddpm.cli import run_command
+    from clip_ddpm.cli import once, run_command
+
+    @once
+    def setup():
+        from experiments.study.config import setup_from_flags
+
+        return setup_from_flags(flags.FLAGS)
 
     def command():
-        from experiments.study.config import setup_from_flags
         from experiments.study.runner import run_study
 
-        return run_study(setup_from_flags(flags.FLAGS))
+        return run_study(setup())
 
-    run_command(argv, command)
+    # The CPU is split into devices that divide the DDPM's and the CLIP's training batches.
+    run_command(argv, command, batch_sizes=lambda: [setup().ddpm.batch_size, setup().clip.batch_size])
 
 
 if __name__ == "__main__":

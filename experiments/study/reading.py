@@ -31,9 +31,12 @@ def reading(results: dict) -> list[str]:
         out.append(f"The judge ({results['judge']['name']}) is below {percent(results['judge']['min_accuracy'])} "
                    "on real images, so the accuracies below cannot be trusted as they stand.")
     ranked = sorted(both, key=lambda v: -both[v])
+    runner_up = ""
+    if len(ranked) > 1:
+        relation = "tied with" if both[ranked[1]] == both[ranked[0]] else "ahead of"
+        runner_up = f", {relation} {ranked[1]} ({percent(both[ranked[1]])})"
     out.append(f"The most accurate variant is {ranked[0]} ({percent(both[ranked[0]])} of its test images right "
-               f"on every attribute, at w = {chosen[ranked[0]]:g})"
-               + (f", ahead of {ranked[1]} ({percent(both[ranked[1]])})." if len(ranked) > 1 else "."))
+               f"on every attribute, at w = {chosen[ranked[0]]:g}){runner_up}.")
     if "text" in both:
         met = "meets" if both["text"] >= targets["text_accuracy"] else "misses"
         out.append(f"Trained on text labels the DDPM reaches {percent(both['text'])}, which {met} the "
@@ -43,10 +46,13 @@ def reading(results: dict) -> list[str]:
     if best is not None and "ratio_to_text" in summary:
         ratio = summary["ratio_to_text"]
         verdict = "reaches" if ratio >= targets["ratio_to_text"] else "falls short of"
+        text_weak = "text" in both and both["text"] < targets["text_accuracy"]
+        caveat = (" (a ratio to a text variant under its own target, so it does not yet answer the question)"
+                  if text_weak else "")
         out.append(f"Without text labels the best variant is {best} at {percent(both[best])}: "
                    f"{percent(ratio)} of the text variant's accuracy "
                    f"({_points(summary['gap_to_text_points'])} points behind), so it {verdict} the target of "
-                   f"{percent(targets['ratio_to_text'])}.")
+                   f"{percent(targets['ratio_to_text'])}{caveat}.")
         if ratio < targets["ratio_to_text"]:
             out += _diagnosis(results, best)
     gains = summary.get("gain_over_image_points", {})

@@ -24,8 +24,8 @@ from clip_ddpm.diffusion.grid import make_sampler
 from clip_ddpm.models import layers
 from clip_ddpm.models.layers import resolve_conv_impl
 from clip_ddpm.models.unet import UNet
-from clip_ddpm.training.host_devices import split_cpu_into_devices
 from clip_ddpm.training import parallel
+from clip_ddpm.training.host_devices import split_cpu_into_devices
 from clip_ddpm.training.train_state import OptimizerSettings, create_train_state
 
 TIMESTEPS = 400  # the course's T, which the PyTorch peer also uses
@@ -97,12 +97,12 @@ def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
         # piece (layers.conv3x3_weight_grad takes large batches in a loop) and scaled by devices.
         if jax.default_backend() != "cpu":
             return compiled_flops(compile_step()) * _benchmark_mesh().devices.size
-        grouping = layers._KERNEL_GRAD_GROUP_BYTES
-        layers._KERNEL_GRAD_GROUP_BYTES = float("inf")
+        grouping = layers.KERNEL_GRAD_GROUP_BYTES
+        layers.KERNEL_GRAD_GROUP_BYTES = float("inf")
         try:
             return compiled_flops(train_step_program(job)[1]()) * _benchmark_mesh().devices.size
         finally:
-            layers._KERNEL_GRAD_GROUP_BYTES = grouping
+            layers.KERNEL_GRAD_GROUP_BYTES = grouping
 
     return run, flops
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging as std_logging
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Sequence
 
 from clip_ddpm.errors import UserError, exit_with_error
 from clip_ddpm.training.compilation import enable_compilation_cache
 from clip_ddpm.training.host_devices import split_cpu_into_devices
-
-T = TypeVar("T")
 
 _NOISY_LIBRARIES = ("orbax", "etils", "jax/_src")
 
@@ -69,17 +67,13 @@ def run_command(argv: list[str], command: Callable[[], object],
         exit_with_error(str(error))
 
 
-def once(build: Callable[[], T]) -> Callable[[], T]:
-    """`build`, called at most once: a config that both `batch_sizes` and the command read."""
-    return functools.cache(build)
-
 
 def trainer_main(config_class: type, trainer: str) -> Callable[[list[str]], None]:
     """The main() of a trainer's entry point: the parsed flags as a validated `config_class`,
     passed to `trainer` ("module:function"), which is imported only then, so parsing the flags
     (and --help) never waits for the numerical libraries."""
     def main(argv: list[str]) -> None:
-        @once
+        @functools.cache  # read by both `batch_sizes` and the command
         def config():
             from absl import flags
 

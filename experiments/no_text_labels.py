@@ -20,9 +20,11 @@ define_study_flags(flags.FLAGS)
 
 
 def main(argv: list[str]) -> None:
-    from clip_ddpm.cli import once, run_command
+    import functools
 
-    @once
+    from clip_ddpm.cli import run_command
+
+    @functools.cache  # read by both `batch_sizes` and the command
     def setup():
         from experiments.study.config import setup_from_flags
 

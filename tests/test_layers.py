@@ -71,7 +71,7 @@ def test_conv3x3_forms_equal_torch_conv2d_in_value_and_gradient(impl, forms, mon
 def test_kernel_gradient_taken_in_groups_of_images_equals_torch(images_per_group, monkeypatch):
     """A batch too large for the cache is summed over groups of images (a scan): still torch's."""
     per_image = 6 * 5 * (4 + 7) * 8  # float64 input and output gradient of one image
-    monkeypatch.setattr(layers, "_KERNEL_GRAD_GROUP_BYTES", images_per_group * per_image)
+    monkeypatch.setattr(layers, "KERNEL_GRAD_GROUP_BYTES", images_per_group * per_image)
     _check_conv_against_torch(Conv3x3(7, impl="matmul", dtype=jnp.float64), (6, 6, 5, 4), (6, 6, 5, 7),
                               lambda x, k, b: F.conv2d(x, k, b, padding=1), (3, 2, 0, 1), seed=1)
 

@@ -155,6 +155,11 @@ def test_bad_study_flags_are_one_line_errors():
     with pytest.raises(UserError, match="validation and test prompts must differ"):
         parse("--workdir=w", "--validation_templates=a {colour} thing {shape}", "--test_templates=a {colour} thing {shape}")
     assert dataclasses.replace(parse("--workdir=w").study, variants=("image_noise@0.2",)).validate()
+    # The recipes are checked before anything trains, not when the DDPM phase reaches them.
+    with pytest.raises(UserError, match=r"DDPM recipe .*--batch_size must be positive, got -1"):
+        parse(f"--flagfile={CPU_CONFIG}", "--workdir=w", "--ddpm_batch_size=-1")
+    with pytest.raises(UserError, match=r"CLIP recipe .*--num_steps must be positive"):
+        parse(f"--flagfile={CPU_CONFIG}", "--workdir=w", "--clip_num_steps=0")
 
 
 def test_gpu_config_every_variant_and_seed_builds():

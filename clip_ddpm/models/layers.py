@@ -96,7 +96,7 @@ def conv3x3_input_grad(grad_out: jax.Array, kernel: jax.Array, form: str) -> jax
 
 # Bytes of input and output gradient per group of images whose kernel gradient is computed at
 # once: small enough for the nine taps to re-read the group from cache, not from memory.
-_KERNEL_GRAD_GROUP_BYTES = 2 << 20
+KERNEL_GRAD_GROUP_BYTES = 2 << 20
 
 
 def conv3x3_weight_grad(x: jax.Array, grad_out: jax.Array) -> jax.Array:
@@ -114,7 +114,7 @@ def conv3x3_weight_grad(x: jax.Array, grad_out: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     o = grad_out.shape[-1]
     per_image = h * w * (c + o) * x.dtype.itemsize
-    group = max(d for d in range(1, b + 1) if b % d == 0 and (d == 1 or d * per_image <= _KERNEL_GRAD_GROUP_BYTES))
+    group = max(d for d in range(1, b + 1) if b % d == 0 and (d == 1 or d * per_image <= KERNEL_GRAD_GROUP_BYTES))
     if group == b:
         return _conv3x3_weight_grad_taps(x, grad_out)
 

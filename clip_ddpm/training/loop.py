@@ -1,9 +1,10 @@
 """The training loop both trainers share: steps, logging, checkpoints, preemption, guards.
 
-The loop never touches the host between steps except every `log_every` steps (to log) and
-when it checkpoints; JAX's asynchronous dispatch keeps the device busy meanwhile. Before each
-log and each save it reads the divergence guard's flags of every step since the last look, so
-no checkpoint ever holds a non-finite state (`training.guard`). On SIGTERM every process stops
+The loop reads nothing back between steps except every `log_every` steps (to log) and when
+it checkpoints; JAX's asynchronous dispatch keeps the device busy meanwhile, never more than a
+few steps ahead (`training.in_flight`: a deeper queue can deadlock a CPU split into devices).
+Before each log and each save it reads the divergence guard's flags of every step since the
+last look, so no checkpoint ever holds a non-finite state (`training.guard`). On SIGTERM every process stops
 at one agreed step (`training.preemption`), saves and returns, skipping a sample grid due then.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 
 from clip_ddpm.training.checkpoints import Checkpoints
 from clip_ddpm.training.guard import DivergenceGuard, TrainingDivergedError
+from clip_ddpm.training.in_flight import StepsInFlight
 from clip_ddpm.training.metric_writer import MetricWriter
 from clip_ddpm.training.preemption import PreemptionWatch
 
@@ -71,6 +73,7 @@ def run_loop(state: Any, iteration: Callable[[Any], tuple[Any, dict]], settings:
     throughput = 0.0
     preempted = False
     guard = DivergenceGuard(settings.on_nonfinite, settings.max_nonfinite_steps)
+    in_flight = StepsInFlight()
 
     def save(at: int) -> None:
         guard.check(checkpoints.latest_step())  # a non-finite state is never written
@@ -81,6 +84,7 @@ def run_loop(state: Any, iteration: Callable[[Any], tuple[Any, dict]], settings:
             interval_start, interval_steps, first = time.perf_counter(), 0, True
             while step < settings.num_steps:
                 state, metrics = iteration(state)
+                in_flight.dispatched(metrics)
                 step += 1
                 interval_steps += 1
                 guard.record(step, metrics)

@@ -175,7 +175,26 @@ def setup_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> StudySetup:
     study = flag_lib.from_flags(flag_values, StudyConfig).validate()
     ddpm = _recipe(flag_values, Config, DDPM_PREFIX, study.ddpm_flagfile)
     clip = _recipe(flag_values, ClipTrainConfig, CLIP_PREFIX, study.clip_flagfile)
+    _check_recipes(study, ddpm, clip)
     return StudySetup(study, ddpm, clip)
+
+
+def _check_recipes(study: StudyConfig, ddpm: Config, clip: ClipTrainConfig) -> None:
+    """Every run the study will train, validated before it trains any: a bad DDPM flag would
+    otherwise surface only after the CLIP phase, minutes into the study. The CLIP and cache paths
+    are placeholders here; the real ones are filled in when each run starts."""
+    from .variants import variant_config
+
+    try:
+        for variant in study.variants:
+            variant_config(ddpm, study.workdir or ".", variant, study.seeds[0] if study.seeds else 0, "clip", "cache")
+    except UserError as error:
+        raise UserError(f"the DDPM recipe (--ddpm_flagfile, --ddpm_* flags): {error}") from None
+    if not (study.clip_model or study.clip_run):
+        try:
+            dataclasses.replace(clip, workdir=os.path.join(study.workdir or ".", "clip")).validate()
+        except UserError as error:
+            raise UserError(f"the CLIP recipe (--clip_flagfile, --clip_* flags): {error}") from None
 
 
 def read_setup(path: str) -> StudySetup:

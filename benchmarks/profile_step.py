@@ -152,8 +152,8 @@ def main() -> None:
     parallel.configure_jax()
     job = {"kind": "train", "down": [int(c) for c in args.down.split(",")], "batch": args.batch,
            "image_size": args.image_size, "context_dim": args.context_dim, "conv_impl": args.conv_impl}
-    run, compile_step = train_step_program(job)
-    table = parse_hlo(compile_step().as_text())
+    run, lower_step = train_step_program(job)
+    table = parse_hlo(lower_step().compile().as_text())
     _, step_s = time_calls(run, 1, 2)
     totals = trace_durations(run, args.steps)
     ops = {name: us / args.steps / 1e3 for name, us in totals.items() if name in table}

@@ -71,9 +71,10 @@ def random_params(model: UNet, image_size: int, context_dim: int, seed: int = 0)
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def compiled_flops(compiled: Any) -> float:
-    """FLOPs of one call by XLA's cost analysis (0 when the backend reports none)."""
-    analysis = compiled.cost_analysis()
+def compiled_flops(program: Any) -> float:
+    """FLOPs of one call of a compiled or lowered program by XLA's cost analysis (0 when the
+    backend reports none)."""
+    analysis = program.cost_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else {}
     return float((analysis or {}).get("flops", 0.0))
@@ -83,24 +84,25 @@ def forward_flops(model: UNet, params: Any, batch: int, spec: UNetSpec) -> float
     """FLOPs of one network call on `batch` images (a sampler step's work)."""
     x = jnp.zeros((batch, spec.image_size, spec.image_size, 3))
     c = jnp.zeros((batch, spec.context_dim)) if spec.context_dim else None
-    return compiled_flops(jax.jit(model.apply).lower(params, x, jnp.zeros((batch,)), c).compile())
+    return compiled_flops(jax.jit(model.apply).lower(params, x, jnp.zeros((batch,)), c))
 
 
 def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
     """(one step of the project's jitted train step with Adam(1e-4), the peer's optimiser;
     a function giving its FLOPs)."""
-    run, compile_step = train_step_program(job)
+    run, lower_step = train_step_program(job)
 
     def flops() -> float:
-        # XLA's cost analysis counts a loop body once and, for a program split over devices, one
-        # device's share: the FLOPs are counted on the same step with the kernel gradient in one
-        # piece (layers.conv3x3_weight_grad takes large batches in a loop) and scaled by devices.
+        # XLA's cost analysis counts a loop body once and, for a compiled program split over
+        # devices, one device's share. On the CPU (where layers.conv3x3_weight_grad takes large
+        # batches in a loop) the FLOPs are those of the same step with the kernel gradient in one
+        # piece, counted on the program as lowered: the whole batch's work, and no second compile.
         if jax.default_backend() != "cpu":
-            return compiled_flops(compile_step()) * _benchmark_mesh().devices.size
+            return compiled_flops(lower_step().compile()) * _benchmark_mesh().devices.size
         grouping = layers.KERNEL_GRAD_GROUP_BYTES
         layers.KERNEL_GRAD_GROUP_BYTES = float("inf")
         try:
-            return compiled_flops(train_step_program(job)[1]()) * _benchmark_mesh().devices.size
+            return compiled_flops(train_step_program(job)[1]())
         finally:
             layers.KERNEL_GRAD_GROUP_BYTES = grouping
 
@@ -108,8 +110,8 @@ def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
 
 
 def train_step_program(job: dict) -> tuple[Callable[[], Any], Callable[[], Any]]:
-    """(one train step, as in `train_step`; a function giving its compiled XLA program, whose
-    HLO profile_step.py maps trace events back to)."""
+    """(one train step, as in `train_step`; a function giving its lowered XLA program, whose
+    compiled HLO profile_step.py maps trace events back to)."""
     spec = UNetSpec.from_job(job)
     mesh = _benchmark_mesh()
     model = spec.model()
@@ -139,7 +141,7 @@ def train_step_program(job: dict) -> tuple[Callable[[], Any], Callable[[], Any]]
         holder["state"], metrics = step(holder["state"], data, key, settings)
         return metrics
 
-    return run, lambda: step.lower(holder["state"], data, key, settings).compile()
+    return run, lambda: step.lower(holder["state"], data, key, settings)
 
 
 def sampler(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:

@@ -35,9 +35,9 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # first; the rest follow in their usual order.
 _LONGEST_FIRST = (
     "test_train_cli.py", "test_multihost.py", "test_study.py", "test_crash_and_resume.py", "test_benchmarks.py",
-    "test_study_gpu_config.py", "test_study_flowers.py", "test_samplers.py", "test_divergence.py",
+    "test_steps_in_flight.py", "test_study_gpu_config.py", "test_study_flowers.py", "test_samplers.py", "test_divergence.py",
     "test_clip_training.py", "test_clip_conditioning.py", "test_compilation.py", "test_multihost_clip.py",
-    "test_unet.py", "test_parallel.py", "test_clip_parity.py", "test_steps_in_flight.py",
+    "test_unet.py", "test_parallel.py", "test_clip_parity.py",
 )
 
 

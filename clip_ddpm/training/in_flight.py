@@ -3,11 +3,12 @@
 JAX dispatches a jitted step and returns at once, so a loop that touches the host only every
 `log_every` steps can queue dozens of steps. On the CPU that is not harmless when the step is
 split over several XLA devices: the runtime lets each device hold at most 32 programs in flight,
-and a dispatch past that limit blocks one of the runtime's threads, of which there are only as
-many as cores. Such a blocked dispatch, with the other thread waiting at a collective for a
-device whose part of the program now has no thread to run on, is a deadlock that XLA ends by
-aborting the process 40 s later. Waiting for the step dispatched `limit` steps earlier keeps
-the queue short (the devices still never wait for the host) and the runtime's threads free.
+and a dispatch past that limit blocks one of the runtime's threads, of which there are as many
+as cores or devices, whichever is more. A blocked dispatch on one thread and, on the other, a
+device waiting at a collective for a device whose part of the program now has no thread to run
+on, is a deadlock that XLA ends by aborting the process 40 s later. Waiting for the step
+dispatched `limit` steps earlier keeps the queue short (the devices still never wait for the
+host) and the runtime's threads free.
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def random_params(model: UNet, image_size: int, context_dim: int, seed: int = 0)
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def compiled_flops(program: Any) -> float:
+def program_flops(program: Any) -> float:
     """FLOPs of one call of a compiled or lowered program by XLA's cost analysis (0 when the
     backend reports none)."""
     analysis = program.cost_analysis()
@@ -84,7 +84,7 @@ def forward_flops(model: UNet, params: Any, batch: int, spec: UNetSpec) -> float
     """FLOPs of one network call on `batch` images (a sampler step's work)."""
     x = jnp.zeros((batch, spec.image_size, spec.image_size, 3))
     c = jnp.zeros((batch, spec.context_dim)) if spec.context_dim else None
-    return compiled_flops(jax.jit(model.apply).lower(params, x, jnp.zeros((batch,)), c))
+    return program_flops(jax.jit(model.apply).lower(params, x, jnp.zeros((batch,)), c))
 
 
 def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
@@ -98,11 +98,11 @@ def train_step(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
         # batches in a loop) the FLOPs are those of the same step with the kernel gradient in one
         # piece, counted on the program as lowered: the whole batch's work, and no second compile.
         if jax.default_backend() != "cpu":
-            return compiled_flops(lower_step().compile()) * _benchmark_mesh().devices.size
+            return program_flops(lower_step().compile()) * _benchmark_mesh().devices.size
         grouping = layers.KERNEL_GRAD_GROUP_BYTES
         layers.KERNEL_GRAD_GROUP_BYTES = float("inf")
         try:
-            return compiled_flops(train_step_program(job)[1]())
+            return program_flops(train_step_program(job)[1]())
         finally:
             layers.KERNEL_GRAD_GROUP_BYTES = grouping
 
@@ -193,7 +193,7 @@ def clip_encoder(job: dict) -> tuple[Callable[[], Any], Callable[[], float]]:
     else:
         inputs = jnp.asarray(rng.integers(0, 49000, (job["batch"], s["text_length"])), jnp.int32)
         fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=CLIP.encode_text))
-    return (lambda: fn(params, inputs)), lambda: compiled_flops(fn.lower(params, inputs).compile())
+    return (lambda: fn(params, inputs)), lambda: program_flops(fn.lower(params, inputs).compile())
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, float]:

@@ -67,7 +67,6 @@ def run_command(argv: list[str], command: Callable[[], object],
         exit_with_error(str(error))
 
 
-
 def trainer_main(config_class: type, trainer: str) -> Callable[[list[str]], None]:
     """The main() of a trainer's entry point: the parsed flags as a validated `config_class`,
     passed to `trainer` ("module:function"), which is imported only then, so parsing the flags

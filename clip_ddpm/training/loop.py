@@ -4,8 +4,9 @@ The loop reads nothing back between steps except every `log_every` steps (to log
 it checkpoints; JAX's asynchronous dispatch keeps the device busy meanwhile, never more than a
 few steps ahead (`training.in_flight`: a deeper queue can deadlock a CPU split into devices).
 Before each log and each save it reads the divergence guard's flags of every step since the
-last look, so no checkpoint ever holds a non-finite state (`training.guard`). On SIGTERM every process stops
-at one agreed step (`training.preemption`), saves and returns, skipping a sample grid due then.
+last look, so no checkpoint ever holds a non-finite state (`training.guard`). On SIGTERM every
+process stops at one agreed step (`training.preemption`), saves and returns, skipping a sample
+grid due then.
 """
 from __future__ import annotations
 

@@ -185,14 +185,15 @@ def _check_recipes(study: StudyConfig, ddpm: Config, clip: ClipTrainConfig) -> N
     are placeholders here; the real ones are filled in when each run starts."""
     from .variants import variant_config
 
+    workdir, seed = study.workdir or ".", study.seeds[0] if study.seeds else 0
     try:
         for variant in study.variants:
-            variant_config(ddpm, study.workdir or ".", variant, study.seeds[0] if study.seeds else 0, "clip", "cache")
+            variant_config(ddpm, workdir, variant, seed, "clip", "cache")
     except UserError as error:
         raise UserError(f"the DDPM recipe (--ddpm_flagfile, --ddpm_* flags): {error}") from None
     if not (study.clip_model or study.clip_run):
         try:
-            dataclasses.replace(clip, workdir=os.path.join(study.workdir or ".", "clip")).validate()
+            dataclasses.replace(clip, workdir=os.path.join(workdir, "clip")).validate()
         except UserError as error:
             raise UserError(f"the CLIP recipe (--clip_flagfile, --clip_* flags): {error}") from None
 

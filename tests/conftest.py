@@ -1,5 +1,7 @@
 """Every test sees 4 CPU devices, so data-parallel code paths run for real."""
 import os
+import shutil
+import tempfile
 
 # Tests run each compiled program a few times at tiny sizes, so compiling cheaply matters more
 # than fast code: LLVM's optimisation of XLA:CPU's kernels is most of a test's compile time, and
@@ -20,8 +22,6 @@ jax.config.update("jax_threefry_partitionable", True)
 
 # Tests build the same small programs many times (every training run compiles its step and
 # sampler afresh); a persistent compilation cache shared by the session compiles each once.
-import tempfile  # noqa: E402
-
 _TEST_CACHE = os.environ.get("CLIP_DDPM_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "clip_ddpm_test_jax_cache"))
 jax.config.update("jax_compilation_cache_dir", _TEST_CACHE)
 # Commands that tests start as subprocesses use it too, not the user's cache directory.
@@ -44,3 +44,21 @@ _LONGEST_FIRST = (
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+# A directory shared by every worker of one test session, for results that are costly to make and
+# the same on every worker (the reference training run in trainer_process.py). The controlling
+# process makes it before the workers start (they inherit the variable) and removes it at the end.
+SHARED_ENV = "CLIP_DDPM_TEST_SHARED"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and SHARED_ENV not in os.environ:
+        os.environ[SHARED_ENV] = config.clip_ddpm_shared = tempfile.mkdtemp(prefix="clip_ddpm_tests_")
+
+
+def pytest_unconfigure(config):
+    shared = getattr(config, "clip_ddpm_shared", None)
+    if shared:
+        shutil.rmtree(shared, ignore_errors=True)
+        os.environ.pop(SHARED_ENV, None)

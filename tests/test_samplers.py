@@ -82,10 +82,16 @@ def sampler_law(schedule, mu, s, timesteps, sampler, eta=0.0):
     return mean, var
 
 
+# The suite compiles without XLA's backend optimisation (conftest.py), which suits programs that
+# run a few times; a sampler here runs up to 400 steps over 4096 x 48 numbers, about 4x faster
+# optimised (DDPM-400: 10 s -> 2.6 s to run, compiling in the same half second).
+OPTIMISED = {"xla_backend_optimization_level": 1}
+
+
 def run_sampler(schedule, eps_fn, sampler, steps=None, eta=0.0, n=N, contexts=None, guidance=0.0, seed=0,
                 clip_denoised=False):
     fn = jax.jit(lambda key, c, w: diffusion.sample(eps_fn, schedule, key, (n,) + PIXEL_SHAPE, c, w, sampler,
-                                                    steps, eta, clip_denoised))
+                                                    steps, eta, clip_denoised), compiler_options=OPTIMISED)
     return np.asarray(fn(jax.random.key(seed), contexts, guidance), np.float64)
 
 

@@ -4,7 +4,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from clip_ddpm.data import DatasetError, load_dataset, tfds_data
@@ -25,6 +24,8 @@ def _indexed_as_dataset(self, split, decoders=None, read_config=None, shuffle_fi
     processes read disjoint slices; this one resolves the requested (sub-)split to absolute
     indices the way a prepared dataset would.
     """
+    import tensorflow as tf  # here, not at collection: seconds of every test worker's start
+
     del decoders, shuffle_files
     infos = tfds.core.SplitDict([
         tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0, filename_template=None)

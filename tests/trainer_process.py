@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,19 +50,30 @@ def steady_flags(workdir, *extra: str) -> list[str]:
 @functools.lru_cache(maxsize=None)
 def steady_reference() -> str:
     """The workdir of smoke.cfg trained with STEADY, never stopped, in this process (4 devices):
-    trained once per test session, read by every test that compares with it."""
-    import atexit
-    import shutil
+    trained once per test session, by whichever worker asks first, and read by every test that
+    compares with it (on any worker: the session's shared directory, under a lock)."""
+    import fcntl
 
     from clip_ddpm.ddpm.config import Config
     from clip_ddpm.ddpm.trainer import train_and_evaluate
     from clip_ddpm.training.flags import read_flagfile
 
-    root = tempfile.mkdtemp(prefix="steady_reference_")
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    workdir = os.path.join(root, "run")
-    config = dataclasses.replace(read_flagfile(SMOKE, Config), workdir=workdir, **STEADY)
-    assert train_and_evaluate(config).step == STEADY["num_steps"]
+    shared = os.environ.get("CLIP_DDPM_TEST_SHARED")  # set by conftest.py
+    if not shared:
+        import atexit
+
+        shared = tempfile.mkdtemp(prefix="steady_reference_")
+        atexit.register(shutil.rmtree, shared, ignore_errors=True)
+    root = os.path.join(shared, "steady_reference")
+    workdir, finished = os.path.join(root, "run"), os.path.join(root, "finished")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker training it: wait for it
+        if not os.path.exists(finished):
+            shutil.rmtree(workdir, ignore_errors=True)  # what a failed attempt left
+            config = dataclasses.replace(read_flagfile(SMOKE, Config), workdir=workdir, **STEADY)
+            assert train_and_evaluate(config).step == STEADY["num_steps"]
+            open(finished, "w").close()
     return workdir
 
 

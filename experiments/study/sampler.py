@@ -36,21 +36,30 @@ class TrainedRun:
     workdir: str
     config: Config
     info: RunInfo
-    params: object  # the EMA parameters
     step: int
+    _params: object = None
+
+    @property
+    def params(self) -> object:
+        """The EMA parameters, read on first use: a study whose scores are already saved (a
+        rerun that only rewrites the report) reads no checkpoint."""
+        if self._params is None:
+            checkpoints = Checkpoints(self.workdir, create=False)
+            self._params = restore_ema_params(checkpoints, self.config, self.info, self.step, parallel.make_mesh())
+            checkpoints.close()
+        return self._params
 
 
 def load_run(workdir: str) -> TrainedRun:
-    """A finished run's flags, run info and EMA parameters (latest checkpoint)."""
+    """A finished run's flags, run info and latest checkpoint step (its parameters on demand)."""
     config = read_flagfile(flags_path(workdir), Config)
     info = read_run_info(workdir)
     checkpoints = Checkpoints(workdir, create=False)
     step = checkpoints.latest_step()
+    checkpoints.close()
     if step is None:
         raise UserError(f"no checkpoint found in {workdir}")
-    params = restore_ema_params(checkpoints, config, info, step, parallel.make_mesh())
-    checkpoints.close()
-    return TrainedRun(workdir, config, info, params, int(step))
+    return TrainedRun(workdir, config, info, int(step))
 
 
 def contexts_for(run: TrainedRun, prompts: PromptSet) -> np.ndarray | None:

@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(items):
 # A directory shared by every worker of one test session, for results that are costly to make and
 # the same on every worker (the reference training run in trainer_process.py). The controlling
 # process makes it before the workers start (they inherit the variable) and removes it at the end.
-SHARED_ENV = "CLIP_DDPM_TEST_SHARED"
+from trainer_process import SHARED_ENV  # noqa: E402
 
 
 def pytest_configure(config):

@@ -36,6 +36,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 SMOKE = os.path.join(REPO, "experiments", "configs", "smoke.cfg")
+# The environment variable naming a directory shared by every worker of a test session
+# (conftest.py makes it); the reference run below is trained there once.
+SHARED_ENV = "CLIP_DDPM_TEST_SHARED"
 # The settings of the reference run below, shared by every test that compares with it so that
 # they compile its program once. Adam's epsilon 1e-3 and a learning rate of 1e-4 keep rounding
 # differences between device layouts from growing (see tests/test_multihost.py).
@@ -58,7 +61,7 @@ def steady_reference() -> str:
     from clip_ddpm.ddpm.trainer import train_and_evaluate
     from clip_ddpm.training.flags import read_flagfile
 
-    shared = os.environ.get("CLIP_DDPM_TEST_SHARED")  # set by conftest.py
+    shared = os.environ.get(SHARED_ENV)
     if not shared:
         import atexit
 

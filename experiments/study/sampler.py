@@ -37,7 +37,7 @@ class TrainedRun:
     config: Config
     info: RunInfo
     step: int
-    _params: object = None
+    _params: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def params(self) -> object:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from clip_ddpm.clip.train.config import ClipTrainConfig
+from clip_ddpm.clip.train.config import EXPORT_DIRNAME, ClipTrainConfig
 from clip_ddpm.clip.train.trainer import EVAL_FILENAME
 from clip_ddpm.errors import UserError
 from clip_ddpm.training.flags import read_flagfile
@@ -29,14 +29,29 @@ class ClipChoice:
 
 
 def _finished_run(run_dir: str) -> ClipChoice | None:
-    """The exported model of a finished CLIP run, or None if it is not finished."""
-    eval_path = os.path.join(run_dir, EVAL_FILENAME)
-    if not (os.path.isfile(eval_path) and os.path.isfile(flags_path(run_dir))):
+    """The exported model of a finished CLIP run, or None if it is not finished.
+
+    A run exported into its own directory (no --export_dir) is found where the run is now, not
+    where its flags say it was trained: a run copied to another machine or folder stays usable.
+    """
+    missing = _missing_parts(run_dir)
+    if missing:
         return None
-    export = read_flagfile(flags_path(run_dir), ClipTrainConfig).export_path
-    if not os.path.isfile(os.path.join(export, "config.json")):
-        return None
-    return ClipChoice(export, "reused run", read_json(eval_path))
+    return ClipChoice(_export_path(run_dir), "reused run", read_json(os.path.join(run_dir, EVAL_FILENAME)))
+
+
+def _export_path(run_dir: str) -> str:
+    saved = read_flagfile(flags_path(run_dir), ClipTrainConfig)
+    return saved.export_dir or os.path.join(run_dir, EXPORT_DIRNAME)
+
+
+def _missing_parts(run_dir: str) -> list[str]:
+    """What a finished run has and `run_dir` lacks: flags, evaluation, exported model."""
+    for path in (flags_path(run_dir), os.path.join(run_dir, EVAL_FILENAME)):
+        if not os.path.isfile(path):
+            return [path]
+    config = os.path.join(_export_path(run_dir), "config.json")
+    return [] if os.path.isfile(config) else [config]
 
 
 def _trained(config: ClipTrainConfig, progress: Progress, what: str) -> ClipChoice:
@@ -62,8 +77,8 @@ def conditioning_clip(setup: StudySetup, progress: Progress) -> ClipChoice:
     if study.clip_run:
         done = _finished_run(study.clip_run)
         if done is None:
-            raise UserError(f"--clip_run {study.clip_run} is not a finished CLIP run (eval.json and the "
-                            "exported model are missing)")
+            raise UserError(f"--clip_run {study.clip_run} is not a finished CLIP run: "
+                            f"{_missing_parts(study.clip_run)[0]} is missing")
         return done
     config = dataclasses.replace(setup.clip, workdir=os.path.join(study.workdir, "clip"), export_dir="")
     return _trained(config, progress, "CLIP")

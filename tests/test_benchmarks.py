@@ -34,3 +34,21 @@ def test_gpu_benchmark_smoke_measures_every_figure_without_tensorflow(tmp_path):
             assert row["flops"] > 0, row
     text = table.read_text()
     assert text.count("\n| ") == 6 and "failed" not in text  # header and five figures
+
+
+def test_a_gpu_figure_is_counted_on_the_cpu_lowering_of_the_same_program():
+    """A GPU's cost analysis leaves out cuDNN's work, so GPU figures are counted in a CPU process:
+    that count must be the one this (CPU) process makes of the same train step and sampler."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import workloads
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    unet = {"down": [32, 32, 64], "image_size": 8, "context_dim": 8, "dtype": "bfloat16", "device": "cuda"}
+    jobs = [{**unet, "kind": "train", "batch": 4},
+            {**unet, "kind": "ddim", "steps": 3, "num_images": 2, "timesteps": [19, 9, 0]}]
+    for job in jobs:
+        build = workloads.train_step if job["kind"] == "train" else workloads.sampler
+        here = build(job)[1]()
+        assert here > 0
+        assert workloads.counted_on_cpu(job, timeout=300) == here, job

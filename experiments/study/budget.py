@@ -31,6 +31,10 @@ def ddpm_flops(config, context_dim: int, batch: int, train: bool) -> float:
     """FLOPs of one DDPM train step at `batch` (train) or one U-Net call on `batch` images."""
     from clip_ddpm.ddpm import builders
 
+    # Counted with XLA's own convolutions, the form an accelerator runs: the CPU's matmul form
+    # computes the kernel gradient in a loop over groups of images, whose body cost analysis
+    # counts once (a train step of the course U-Net would count a third too few FLOPs).
+    config = dataclasses.replace(config, conv_impl="xla")
     model = builders.build_model(config, context_dim)
     size = config.image_size
     x, t = _abstract((batch, size, size, 3)), _abstract((batch,))

@@ -1,5 +1,6 @@
 """The study's scores on small arrays, against values worked out by hand: Fréchet distance,
 diversity, the oracle's accuracies, the embedding-health figures and mean/spread over seeds."""
+import jax
 import numpy as np
 import pytest
 
@@ -81,6 +82,24 @@ def test_oracle_learns_two_attributes_and_batching_does_not_change_its_answers()
     small_features, (small_half, _) = oracle_outputs(params, spec, images[:7], batch_size=4)
     np.testing.assert_allclose(small_features, features[:7], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(small_half, p_half[:7])
+
+
+def test_oracle_split_over_devices_trains_as_on_one_device(monkeypatch):
+    """Each batch split over the test's four CPU devices, the parameters replicated: the same
+    training as one device makes, up to the order of floating-point sums."""
+    from clip_ddpm.evaluation import oracle as oracle_module
+    from clip_ddpm.training import parallel
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    labels = [rng.integers(2, size=64), rng.integers(3, size=64)]
+    spec = OracleSpec(head_sizes=(2, 3), widths=(8, 8), feature_dim=8, steps=20, batch_size=16, learning_rate=1e-2)
+    assert oracle_module._oracle_mesh(spec.batch_size).devices.size == 4
+    split = train_oracle(images, labels, spec, show_progress=False)
+    monkeypatch.setattr(oracle_module, "_oracle_mesh", lambda batch: parallel.make_mesh(jax.local_devices()[:1]))
+    whole = train_oracle(images, labels, spec, show_progress=False)
+    for a, b in zip(jax.tree_util.tree_leaves(split), jax.tree_util.tree_leaves(whole)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
 def test_modality_gap_and_pair_cosines():

@@ -25,7 +25,7 @@ from clip_ddpm.training.in_flight import StepsInFlight
 
 @dataclasses.dataclass(frozen=True)
 class OracleSpec:
-    """The oracle's network and training recipe (hashable: one compiled step per spec)."""
+    """The oracle's network and training recipe (hashable: one compiled step per spec and mesh)."""
 
     head_sizes: tuple[int, ...] = (6, 6)
     widths: tuple[int, ...] = (32, 64, 128)
@@ -44,7 +44,8 @@ def _to_float(images: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=4)
-def _train_step(spec: OracleSpec):
+def _train_step(spec: OracleSpec, mesh: Mesh):
+    """(model, optimiser, the jitted step: each batch split over `mesh`, parameters replicated)."""
     model = spec.model()
     schedule = optax.warmup_cosine_decay_schedule(0.0, spec.learning_rate, min(100, spec.steps // 10 + 1),
                                                   max(spec.steps, 2), spec.learning_rate * 0.01)
@@ -64,7 +65,9 @@ def _train_step(spec: OracleSpec):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return model, optimizer, step
+    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    return model, optimizer, jax.jit(step, in_shardings=(replicated, replicated, sharded, sharded, replicated),
+                                     out_shardings=(replicated, replicated, replicated))
 
 
 def _oracle_mesh(batch_size: int) -> Mesh:
@@ -83,11 +86,9 @@ def train_oracle(images: np.ndarray, labels: Sequence[np.ndarray], spec: OracleS
     labels = np.stack([np.asarray(lab, np.int32) for lab in labels], axis=1)
     if labels.shape[1] != len(spec.head_sizes) or len(labels) != len(images):
         raise ValueError(f"need one label array per head ({len(spec.head_sizes)}) and per image")
-    model, optimizer, step = _train_step(spec)
     mesh = _oracle_mesh(spec.batch_size)
+    model, optimizer, step = _train_step(spec, mesh)
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    step = jax.jit(step, in_shardings=(replicated, replicated, sharded, sharded, replicated),
-                   out_shardings=(replicated, replicated, replicated))
     key = jax.random.key(spec.seed)
     params = jax.jit(model.init)(key, jnp.zeros((1,) + images.shape[1:], jnp.float32))
     params, opt_state = jax.device_put((params, optimizer.init(params)), replicated)

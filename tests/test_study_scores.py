@@ -88,7 +88,6 @@ def test_oracle_split_over_devices_trains_as_on_one_device(monkeypatch):
     """Each batch split over the test's four CPU devices, the parameters replicated: the same
     training as one device makes, up to the order of floating-point sums."""
     from clip_ddpm.evaluation import oracle as oracle_module
-    from clip_ddpm.training import parallel
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
@@ -96,7 +95,8 @@ def test_oracle_split_over_devices_trains_as_on_one_device(monkeypatch):
     spec = OracleSpec(head_sizes=(2, 3), widths=(8, 8), feature_dim=8, steps=20, batch_size=16, learning_rate=1e-2)
     assert oracle_module._oracle_mesh(spec.batch_size).devices.size == 4
     split = train_oracle(images, labels, spec, show_progress=False)
-    monkeypatch.setattr(oracle_module, "_oracle_mesh", lambda batch: parallel.make_mesh(jax.local_devices()[:1]))
+    all_devices = oracle_module._oracle_mesh
+    monkeypatch.setattr(oracle_module, "_oracle_mesh", lambda batch: all_devices(batch, jax.local_devices()[:1]))
     whole = train_oracle(images, labels, spec, show_progress=False)
     for a, b in zip(jax.tree_util.tree_leaves(split), jax.tree_util.tree_leaves(whole)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

@@ -8,6 +8,7 @@ images, and `attribute_scores` turns predictions into the accuracies the study r
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
@@ -16,11 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_ddpm.models.oracle import Oracle
-from clip_ddpm.training import parallel
-from clip_ddpm.training.in_flight import StepsInFlight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +40,9 @@ class OracleSpec:
 
 def _to_float(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+_STEPS_IN_FLIGHT = 8
 
 
 @functools.lru_cache(maxsize=4)
@@ -65,17 +67,23 @@ def _train_step(spec: OracleSpec, mesh: Mesh):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    replicated, sharded = _shardings(mesh)
     return model, optimizer, jax.jit(step, in_shardings=(replicated, replicated, sharded, sharded, replicated),
                                      out_shardings=(replicated, replicated, replicated))
 
 
-def _oracle_mesh(batch_size: int) -> Mesh:
-    """This process's devices, as many as divide the batch: on a CPU split into one device per
-    core, each core takes its share of every batch (twice the steps per second on two cores)."""
-    devices = jax.local_devices()
+def _oracle_mesh(batch_size: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """This process's devices (or those given), as many as divide the batch: on a CPU split into
+    one device per core, each core takes its share of every batch (twice the steps per second on
+    two cores)."""
+    devices = list(jax.local_devices() if devices is None else devices)
     count = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
-    return parallel.make_mesh(devices[:count])
+    return Mesh(np.asarray(devices[:count]), ("batch",))
+
+
+def _shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
+    """(replicated, split along the leading axis) over the mesh."""
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
 
 
 def train_oracle(images: np.ndarray, labels: Sequence[np.ndarray], spec: OracleSpec,
@@ -88,12 +96,12 @@ def train_oracle(images: np.ndarray, labels: Sequence[np.ndarray], spec: OracleS
         raise ValueError(f"need one label array per head ({len(spec.head_sizes)}) and per image")
     mesh = _oracle_mesh(spec.batch_size)
     model, optimizer, step = _train_step(spec, mesh)
-    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    replicated, sharded = _shardings(mesh)
     key = jax.random.key(spec.seed)
     params = jax.jit(model.init)(key, jnp.zeros((1,) + images.shape[1:], jnp.float32))
     params, opt_state = jax.device_put((params, optimizer.init(params)), replicated)
     rng = np.random.default_rng(spec.seed)
-    in_flight = StepsInFlight()  # the step's all-reduce makes a deep queue deadlock-prone on a split CPU
+    losses: collections.deque = collections.deque()
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -102,7 +110,11 @@ def train_oracle(images: np.ndarray, labels: Sequence[np.ndarray], spec: OracleS
         index = rng.integers(len(images), size=spec.batch_size)
         batch = jax.device_put((images[index], labels[index]), sharded)
         params, opt_state, loss = step(params, opt_state, *batch, jax.random.fold_in(key, i))
-        in_flight.dispatched(loss)
+        # A few steps in flight at most: the step's all-reduce makes a deep queue of steps
+        # deadlock-prone on a CPU split into devices (clip_ddpm.training.in_flight says why).
+        losses.append(loss)
+        if len(losses) > _STEPS_IN_FLIGHT:
+            losses.popleft().block_until_ready()
         if bar is not None:
             bar.update(1)
             if i % 100 == 0:

@@ -42,7 +42,7 @@ def _numbers_of(value, out: set[str]) -> set[str]:
             _numbers_of(item, out)
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
         out.update({str(value), f"{value:g}", f"{value:.0f}", f"{value:.1f}", f"{value:.2f}", f"{value:.3f}",
-                    f"{100 * value:.1f}"})
+                    f"{100 * value:.1f}", f"{100 * value:g}"})
     return out
 
 

@@ -26,3 +26,23 @@ def test_a_text_variant_at_its_target_leaves_the_ratio_unqualified():
     assert "ahead of image (85.0%)" in lines[0]
     ratio_line = next(line for line in lines if line.startswith("Without text labels"))
     assert "reaches the target" in ratio_line and "does not yet answer" not in ratio_line
+
+
+def test_the_reading_says_whether_the_image_counts_tell_text_and_image_apart():
+    from clip_ddpm.evaluation.metrics import wilson_interval
+
+    def with_intervals(text_right: int, image_right: int, images: int) -> dict:
+        results = _results(text=text_right / images, image=image_right / images)
+        results["test_intervals"] = {
+            name: dict(zip(("low", "high"), wilson_interval(right, images)), level=0.95, images=images)
+            for name, right in (("text", text_right), ("image", image_right))}
+        return results
+
+    # 16 against 15 of 72 (a CPU study's size): [14.2%, 33.1%] and [13.1%, 31.6%] overlap.
+    few = next(line for line in reading(with_intervals(16, 15, 72)) if "intervals" in line)
+    assert "overlap (text [14.2%, 33.1%], image [13.1%, 31.6%])" in few and "do not" not in few
+    # 950 against 860 of 1000: [93.5%, 96.2%] and [83.7%, 88.0%] do not.
+    many = next(line for line in reading(with_intervals(950, 860, 1000)) if "intervals" in line)
+    assert "do not overlap (text [93.5%, 96.2%], image [83.7%, 88.0%])" in many
+    # Without intervals (results of an older study) the reading says nothing of them.
+    assert not any("intervals" in line for line in reading(_results(text=0.5, image=0.46)))

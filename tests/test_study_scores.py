@@ -126,3 +126,16 @@ def test_border_saturation_reads_only_the_frame():
     images[0, 0, 0] = (30, 10, 20)  # one frame pixel with saturation 20 in the first image
     # 32 frame pixels per image, 64 in all: mean saturation 20 / 64.
     assert image_stats.border_saturation(images, width=2) == pytest.approx(20 / 64)
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    from clip_ddpm.evaluation.metrics import wilson_interval
+
+    # 5 of 10: centre 0.5, half-width z*sqrt(0.025 + z^2/400)/(1 + z^2/10) = 0.26341.
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    # 0 of 10: from 0 to z^2/(n + z^2) = 3.84146/13.84146.
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)
+    # 16 of 72 (a CPU study's text variant): centre 0.236292, half-width 0.094618.
+    assert wilson_interval(16, 72) == pytest.approx((0.141674, 0.330910), abs=1e-5)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)

@@ -80,3 +80,15 @@ def recall_at_1(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
         raise ValueError("pass both image_keys and text_keys, or neither")
     nearest = np.argmax(normalize(image_embeddings) @ normalize(text_embeddings).T, axis=-1)
     return accuracy(np.asarray(text_keys)[nearest], np.asarray(image_keys))
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for the default z): how far an accuracy
+    measured on `trials` images may be from the model's own, from the count alone. Unlike the
+    normal approximation it stays inside [0, 1] and is not empty at 0 or `trials` successes."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1; got {successes}, {trials}")
+    p, z2 = successes / trials, z * z
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

@@ -27,14 +27,30 @@ def _metrics(results: dict) -> list[str]:
 
 def _results_table(results: dict) -> str:
     metrics = _metrics(results)
+    intervals = results.get("test_intervals", {})
     rows = []
     for variant, stats in results["test"].items():
         w = results["chosen_guidance"][variant]
-        rows.append([variant, "–" if variant == "none" else f"{w:g}"] + [_cell(m, stats[m]) for m in metrics])
+        cells = [_cell(m, stats[m]) for m in metrics]
+        rows.append([variant, "–" if variant == "none" else f"{w:g}", cells[0], _interval(intervals.get(variant))]
+                    + cells[1:])
     real = results["real"]
-    rows.append(["real images", "–"] + [
-        (percent(real[m]) if m in PERCENT_METRICS else decimal(real[m])) if m in real else "–" for m in metrics])
-    return markdown_table(["variant", "w"] + [METRIC_TITLES[m] for m in metrics], rows)
+    cells = [(percent(real[m]) if m in PERCENT_METRICS else decimal(real[m])) if m in real else "–" for m in metrics]
+    rows.append(["real images", "–", cells[0], "–"] + cells[1:])
+    titles = [METRIC_TITLES[m] for m in metrics]
+    return markdown_table(["variant", "w", titles[0], _interval_title(results)] + titles[1:], rows)
+
+
+def _interval_title(results: dict) -> str:
+    levels = {interval["level"] for interval in results.get("test_intervals", {}).values()}
+    return f"{100 * levels.pop():g}% interval" if len(levels) == 1 else "interval"
+
+
+def _interval(interval: dict | None) -> str:
+    """"[14.2%, 33.1%] of 72" (the images it rests on), or "–"."""
+    if not interval:
+        return "–"
+    return f"[{percent(interval['low'])}, {percent(interval['high'])}] of {interval['images']}"
 
 
 def _sweep_table(results: dict) -> str:
@@ -115,7 +131,9 @@ def render_report(results: dict) -> str:
               + f" FD and diversity are measured in its feature space ({judge['feature_space']}).",
               "", "## Results (test prompts, each variant at the w chosen on the validation prompts)", "",
               _results_table(results), "",
-              "*all right*: the judge reads every attribute of the prompt off the image; *FD*: Fréchet distance "
+              "*all right*: the judge reads every attribute of the prompt off the image; "
+              f"*{_interval_title(results)}*: the Wilson interval of *all right* given how many test images (every seed's) it rests on, i.e. how "
+              "far another draw of as many images could put it; *FD*: Fréchet distance "
               "to the real test images in the judge's feature space (real images: the training images against "
               "the test images, same count); *diversity*: mean pairwise feature distance within a prompt "
               "(real images: within a class); *border saturation*: mean max(R,G,B) − min(R,G,B) of the pixels "

@@ -53,6 +53,7 @@ def reading(results: dict) -> list[str]:
                    f"{percent(ratio)} of the text variant's accuracy "
                    f"({_points(summary['gap_to_text_points'])} points behind), so it {verdict} the target of "
                    f"{percent(targets['ratio_to_text'])}{caveat}.")
+        out += _overlap(results, best)
         if ratio < targets["ratio_to_text"]:
             out += _diagnosis(results, best)
     gains = summary.get("gain_over_image_points", {})
@@ -69,6 +70,21 @@ def reading(results: dict) -> list[str]:
             role = "one-hot labels" if floor == "class" else "no context: the floor"
             out.append(f"For reference, {floor} ({role}) reaches {percent(both[floor])}.")
     return out
+
+
+def _overlap(results: dict, best: str) -> list[str]:
+    """Whether the text variant and the best language-free one are told apart by the number of
+    test images they were judged on (their intervals overlap or not)."""
+    intervals = results.get("test_intervals", {})
+    if "text" not in intervals or best not in intervals:
+        return []
+    text, free = intervals["text"], intervals[best]
+    shown = (f"text [{percent(text['low'])}, {percent(text['high'])}], {best} "
+             f"[{percent(free['low'])}, {percent(free['high'])}]")
+    if text["low"] <= free["high"] and free["low"] <= text["high"]:
+        return [f"Their {100 * text['level']:g}% intervals overlap ({shown}): on this many test images the "
+                "difference between them may be the draw's."]
+    return [f"Their {100 * text['level']:g}% intervals do not overlap ({shown})."]
 
 
 def _diagnosis(results: dict, best: str) -> list[str]:

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from clip_ddpm.evaluation.image_grid import save_grid
+from clip_ddpm.evaluation.metrics import wilson_interval
 from clip_ddpm.evaluation.plots import plot_curves
 from clip_ddpm.evaluation.tables import mean_std
 
@@ -30,6 +31,18 @@ def _aggregate(per_seed: list[dict], w_key: str) -> dict[str, dict]:
         values = [seed["scores"][w_key].get(metric, float("nan")) for seed in per_seed]
         out[metric] = {**mean_std(values), "per_seed": values}
     return out
+
+
+def _pooled_interval(per_seed: list[dict]) -> dict:
+    """The 95% Wilson interval of the all-right accuracy over every seed's test images pooled: with
+    tens of images per variant, differences inside it are what another draw could give."""
+    images = successes = 0
+    for seed in per_seed:
+        scores = next(iter(seed["scores"].values()))
+        images += int(scores["images"])
+        successes += int(round(scores["accuracy_both"] * scores["images"]))
+    low, high = wilson_interval(successes, images)
+    return {"low": low, "high": high, "successes": successes, "images": images, "level": 0.95}
 
 
 def grid_prompt_indices(num_classes: int, count: int) -> list[int]:
@@ -79,6 +92,7 @@ def assemble(setup, clip, scorer, health, judge, scores_val, scores_test, chosen
         "validation": {v: {key: _aggregate(per_seed, key) for key in per_seed[0]["scores"]}
                        for v, per_seed in scores_val.items()},
         "test": {v: _aggregate(per_seed, next(iter(per_seed[0]["scores"]))) for v, per_seed in scores_test.items()},
+        "test_intervals": {v: _pooled_interval(per_seed) for v, per_seed in scores_test.items()},
         "real": references,
         "timings": {"phases": phases, "total_seconds": float(sum(phases.values())), "runs": timings["runs"],
                     "invocations": timings["invocations"]},

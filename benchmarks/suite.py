@@ -35,9 +35,15 @@ class Figure:
     results: dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
-def run_job(job: dict, timeout: float) -> dict:
-    """Runs one measurement in a fresh process; {'error': ...} if it fails."""
+def run_job(job: dict, timeout: float, environment: dict[str, str | None] | None = None) -> dict:
+    """Runs one measurement in a fresh process; {'error': ...} if it fails. `environment` sets
+    (or, with None, removes) variables for that process only."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH", "")])))
+    for name, value in (environment or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     try:
         done = subprocess.run([sys.executable, os.path.abspath(__file__), f"--job={json.dumps(job)}"],
                               capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)

@@ -8,9 +8,7 @@ on their values, and compiling an initialiser would only add start-up time.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -228,17 +226,16 @@ def counted_on_cpu(job: dict, timeout: float = 600) -> float:
     lowered for the CPU counts 166 times more (6,307 GFLOP). The model's arithmetic does not depend
     on the device, so every figure is counted on the CPU's lowering of the same job.
     """
-    suite = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suite.py")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH", "")])))
-    env.pop("XLA_FLAGS", None)  # one CPU device: the whole batch's work in one program
-    done = subprocess.run([sys.executable, suite, f"--job={json.dumps({**job, 'side': 'ours', 'count_only': True})}"],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=repo)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        raise RuntimeError("counting FLOPs on the CPU failed: " + (done.stderr or done.stdout).strip()[-500:])
-    return float(json.loads(lines[-1])["flops"])
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from suite import run_job  # the benchmarks' own runner (imported here: it imports this module)
+
+    # One CPU device (no XLA_FLAGS split): the whole batch's work in one program.
+    result = run_job({**job, "side": "ours", "count_only": True}, timeout, {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": None})
+    if "error" in result:
+        raise RuntimeError(f"counting FLOPs on the CPU failed: {result['error']}")
+    return float(result["flops"])
 
 
 def run(job: dict) -> dict:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from clip_ddpm.evaluation import diversity, embedding_health, frechet, image_stats, tables
-from clip_ddpm.evaluation.oracle import OracleSpec, attribute_scores, oracle_outputs, train_oracle
+from clip_ddpm.evaluation.oracle import OracleSpec, attribute_scores, oracle_outputs
+from clip_ddpm.training.oracle_training import train_oracle
 
 
 def test_frechet_distance_of_one_dimensional_samples():
@@ -87,7 +88,7 @@ def test_oracle_learns_two_attributes_and_batching_does_not_change_its_answers()
 def test_oracle_split_over_devices_trains_as_on_one_device(monkeypatch):
     """Each batch split over the test's four CPU devices, the parameters replicated: the same
     training as one device makes, up to the order of floating-point sums."""
-    from clip_ddpm.evaluation import oracle as oracle_module
+    from clip_ddpm.training import oracle_training as oracle_module
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)

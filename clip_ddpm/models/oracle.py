@@ -13,6 +13,7 @@ outline of a shape from its first layer instead of having to learn colour invari
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
@@ -45,3 +46,24 @@ class Oracle(nn.Module):
         features = nn.relu(nn.Dense(self.feature_dim, name="features")(x))
         logits = tuple(nn.Dense(n, name=f"head{i}")(features) for i, n in enumerate(self.head_sizes))
         return features, logits
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleSpec:
+    """The oracle's network and training recipe (hashable: one compiled step per spec and mesh)."""
+
+    head_sizes: tuple[int, ...] = (6, 6)
+    widths: tuple[int, ...] = (32, 64, 128)
+    feature_dim: int = 64
+    steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+    def model(self) -> Oracle:
+        return Oracle(head_sizes=self.head_sizes, widths=self.widths, feature_dim=self.feature_dim)
+
+
+def images_to_unit_range(images: jax.Array) -> jax.Array:
+    """uint8 images -> float32 in [-1, 1], the range the oracle is trained and applied on."""
+    return images.astype(jnp.float32) / 127.5 - 1.0

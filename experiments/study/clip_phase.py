@@ -34,8 +34,7 @@ def _finished_run(run_dir: str) -> ClipChoice | None:
     A run exported into its own directory (no --export_dir) is found where the run is now, not
     where its flags say it was trained: a run copied to another machine or folder stays usable.
     """
-    missing = _missing_parts(run_dir)
-    if missing:
+    if _missing_part(run_dir):
         return None
     return ClipChoice(_export_path(run_dir), "reused run", read_json(os.path.join(run_dir, EVAL_FILENAME)))
 
@@ -45,13 +44,13 @@ def _export_path(run_dir: str) -> str:
     return saved.export_dir or os.path.join(run_dir, EXPORT_DIRNAME)
 
 
-def _missing_parts(run_dir: str) -> list[str]:
-    """What a finished run has and `run_dir` lacks: flags, evaluation, exported model."""
+def _missing_part(run_dir: str) -> str | None:
+    """The first file a finished run has and `run_dir` lacks (flags, evaluation, exported model)."""
     for path in (flags_path(run_dir), os.path.join(run_dir, EVAL_FILENAME)):
         if not os.path.isfile(path):
-            return [path]
+            return path
     config = os.path.join(_export_path(run_dir), "config.json")
-    return [] if os.path.isfile(config) else [config]
+    return None if os.path.isfile(config) else config
 
 
 def _trained(config: ClipTrainConfig, progress: Progress, what: str) -> ClipChoice:
@@ -78,7 +77,7 @@ def conditioning_clip(setup: StudySetup, progress: Progress) -> ClipChoice:
         done = _finished_run(study.clip_run)
         if done is None:
             raise UserError(f"--clip_run {study.clip_run} is not a finished CLIP run: "
-                            f"{_missing_parts(study.clip_run)[0]} is missing")
+                            f"{_missing_part(study.clip_run)} is missing")
         return done
     config = dataclasses.replace(setup.clip, workdir=os.path.join(study.workdir, "clip"), export_dir="")
     return _trained(config, progress, "CLIP")

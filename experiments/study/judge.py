@@ -39,7 +39,8 @@ def shapes_oracle(study, image_size: int, real: ImageDataset, progress) -> Judge
 
     from clip_ddpm.data import load_dataset
     from clip_ddpm.data.shapes import COLOURS, SHAPES
-    from clip_ddpm.evaluation.oracle import OracleSpec, attribute_scores, oracle_outputs, train_oracle
+    from clip_ddpm.evaluation.oracle import OracleSpec, attribute_scores, oracle_outputs
+    from clip_ddpm.training.oracle_training import train_oracle
 
     spec = OracleSpec(head_sizes=(len(SHAPES), len(COLOURS)), widths=tuple(study.oracle_widths),
                       feature_dim=study.oracle_feature_dim, steps=study.oracle_steps,

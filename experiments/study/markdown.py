@@ -132,8 +132,9 @@ def render_report(results: dict) -> str:
               "", "## Results (test prompts, each variant at the w chosen on the validation prompts)", "",
               _results_table(results), "",
               "*all right*: the judge reads every attribute of the prompt off the image; "
-              f"*{_interval_title(results)}*: the Wilson interval of *all right* given how many test images (every seed's) it rests on, i.e. how "
-              "far another draw of as many images could put it; *FD*: Fréchet distance "
+              f"*{_interval_title(results)}*: the Wilson interval of *all right* given how many test images "
+              "(every seed's) it rests on, i.e. how far another draw of as many images could put it; "
+              "*FD*: Fréchet distance "
               "to the real test images in the judge's feature space (real images: the training images against "
               "the test images, same count); *diversity*: mean pairwise feature distance within a prompt "
               "(real images: within a class); *border saturation*: mean max(R,G,B) − min(R,G,B) of the pixels "

@@ -1,10 +1,11 @@
-"""Training and applying the oracle: an attribute classifier trained on real images only.
+"""Applying the oracle: an attribute classifier trained on real images only.
 
 A claim about generated images needs a scorer that is not the model being judged and whose own
-accuracy on real images is known. `training.oracle_training.train_oracle` fits the oracle to real
-renders (of another dataset seed than the generator's, so it has never seen the generator's
-training images); here, `oracle_outputs` gives its features and per-attribute predictions for any uint8
-images, and `attribute_scores` turns predictions into the accuracies the study reports.
+accuracy on real images is known. `training.oracle_training.train_oracle` fits the oracle to
+real renders (of another dataset seed than the generator's, so it has never seen the
+generator's training images); `oracle_outputs` gives its features and per-attribute predictions
+for any uint8 images, and `attribute_scores` turns predictions into the accuracies the study
+reports.
 """
 from __future__ import annotations
 

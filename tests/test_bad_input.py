@@ -47,6 +47,12 @@ def test_zero_or_negative_steps_and_batches_are_refused(config_class, field, val
         config_class(workdir="run", **{field: value}).validate()
 
 
+def test_clipped_snr_needs_a_gamma_of_at_least_one():
+    with pytest.raises(UserError, match="--min_snr_gamma must be at least 1, got 0.5"):
+        Config(workdir="run", loss_weighting="clipped_snr", min_snr_gamma=0.5).validate()
+    Config(workdir="run", loss_weighting="min_snr", min_snr_gamma=0.5).validate()
+
+
 def test_an_empty_prompt_is_refused_before_any_model_is_loaded():
     config = Config(workdir="run", condition="clip_image", clip_model="/nonexistent/clip")
     for prompts in ([""], ["a red circle", "   "], []):

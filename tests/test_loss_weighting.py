@@ -26,3 +26,11 @@ def test_weighted_eps_loss_weights_each_example_mean():
     eps_hat = jnp.array([[[[1.0]], [[3.0]]], [[[2.0]], [[0.0]]]])  # per-example MSE: 5 and 2
     assert float(eps_loss(eps_hat, eps)) == pytest.approx(3.5)
     assert float(eps_loss(eps_hat, eps, jnp.array([0.5, 1.0]))) == pytest.approx((0.5 * 5 + 2) / 2)
+
+
+def test_clipped_snr_also_floors_the_x0_weight_at_one():
+    schedule = make_schedule("linear", 4, beta_start=0.1, beta_end=0.4)
+    t = jnp.array([0, 1, 2, 3])
+    # SNR 9, 2.571, 1.016, 0.4335 (above); gamma 2: clip(SNR, 1, 2) / SNR -> 2/9, 2/2.571, 1, 1/0.4335.
+    np.testing.assert_allclose(loss_weights(schedule, t, "clipped_snr", 2.0),
+                               [2 / 9, 2 / (0.72 / 0.28), 1.0, 0.6976 / 0.3024], rtol=1e-5)

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from clip_ddpm.diffusion.conditioning import CONTEXT_TRANSFORMS, DROP_MODES
 from clip_ddpm.diffusion.forward import LOSS_WEIGHTINGS
+from clip_ddpm.diffusion.parameterization import PREDICTIONS
 from clip_ddpm.diffusion.samplers import SAMPLERS
 from clip_ddpm.diffusion.schedules import SCHEDULES
 from clip_ddpm.errors import UserError
@@ -52,9 +53,12 @@ class Config(RunConfig):
     schedule: str = field("linear", "Noise schedule.", SCHEDULES)
     beta_start: float = field(1e-4, "First beta of the linear schedule.")
     beta_end: float = field(0.02, "Last beta of the linear schedule.")
-    loss_weighting: str = field("uniform", "Weights of the timesteps in the ε loss: uniform (the course) or "
-                                           "min_snr (min(SNR, gamma)/SNR).", LOSS_WEIGHTINGS)
-    min_snr_gamma: float = field(5.0, "With --loss_weighting=min_snr: gamma.")
+    loss_weighting: str = field("uniform", "Weights of the timesteps in the ε loss: uniform (the course), "
+                                           "min_snr (min(SNR, gamma)/SNR) or clipped_snr (clip(SNR, 1, gamma)/SNR).",
+                                LOSS_WEIGHTINGS)
+    min_snr_gamma: float = field(5.0, "With --loss_weighting=min_snr or clipped_snr: gamma.")
+    prediction: str = field("eps", "What the U-Net outputs: the noise (the course), the clean image x0, or "
+                                   "v; the loss is the ε loss of the ε it implies.", PREDICTIONS)
 
     # Sample grids written during training.
     sample_guidance: tuple[float, ...] = field((0.0, 1.0, 2.0), "Guidance weights w, one grid row each.")
@@ -94,6 +98,9 @@ class Config(RunConfig):
             raise UserError(f"--lafite_xi must be in [0, 1], got {self.lafite_xi}")
         if self.min_snr_gamma <= 0.0:
             raise UserError(f"--min_snr_gamma must be positive, got {self.min_snr_gamma}")
+        if self.loss_weighting == "clipped_snr" and self.min_snr_gamma < 1.0:
+            raise UserError(f"--loss_weighting=clipped_snr keeps the x0 weight in [1, gamma]; "
+                            f"--min_snr_gamma must be at least 1, got {self.min_snr_gamma}")
         if self.gap_noise_std < 0.0:
             raise UserError(f"--gap_noise_std must not be negative, got {self.gap_noise_std}")
         if self.condition in ("clip_image", "clip_text") and not self.clip_model:

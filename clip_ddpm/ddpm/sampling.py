@@ -109,7 +109,8 @@ def generate_samples(request: SampleRequest) -> dict:
     checkpoints.close()
 
     sampler = make_sampler(model, builders.build_schedule(config), (config.image_size, config.image_size, 3),
-                           request.sampler, request.sampling_steps, request.eta, config.clip_denoised, mesh)
+                           request.sampler, request.sampling_steps, request.eta, config.clip_denoised, mesh,
+                           config.prediction)
     images = sample_grid(sampler, ema_params, jax.random.key(request.seed), contexts,
                          request.guidance, len(titles), request.num_samples)
     save_grid(images, png, scale=request.scale)

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from clip_ddpm import diffusion
 from clip_ddpm.diffusion import conditioning
 from clip_ddpm.diffusion.forward import loss_weights
+from clip_ddpm.diffusion.parameterization import eps_from_output
 from clip_ddpm.training.batches import draw_batch
 from clip_ddpm.training.guard import guard_update
 from clip_ddpm.training.parallel import data_sharded, replicated
@@ -47,6 +48,7 @@ class StepConfig:
     context_transform: conditioning.ContextTransform | None = None
     loss_weighting: str = "uniform"  # diffusion.forward.LOSS_WEIGHTINGS
     min_snr_gamma: float = 5.0
+    prediction: str = "eps"  # what the U-Net outputs (diffusion.parameterization.PREDICTIONS)
 
 
 def step_randomness(key: jax.Array, step: jax.Array, image_shape: tuple[int, ...],
@@ -98,7 +100,9 @@ def make_train_step(model: nn.Module, schedule: diffusion.Schedule, optimizer_fo
         weights = loss_weights(schedule, t, step_config.loss_weighting, step_config.min_snr_gamma)
 
         def loss_fn(params):
-            return diffusion.eps_loss(model.apply(params, x_t, t_frac, context), eps, weights)
+            output = model.apply(params, x_t, t_frac, context)
+            eps_hat = eps_from_output(schedule, x_t, t, output, step_config.prediction)
+            return diffusion.eps_loss(eps_hat, eps, weights)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         new_state = apply_gradients(state, grads, optimizer_for(settings), step_config.ema_decay)

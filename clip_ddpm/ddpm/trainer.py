@@ -77,7 +77,7 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
                               StepConfig(config.context_drop_prob, config.context_drop, config.ema_decay,
                                          skip_nonfinite=config.on_nonfinite == "skip",
                                          context_transform=transform, loss_weighting=config.loss_weighting,
-                                         min_snr_gamma=config.min_snr_gamma),
+                                         min_snr_gamma=config.min_snr_gamma, prediction=config.prediction),
                               mesh)
     train_iteration = make_data_train_step(step_fn, config.batch_size, config.random_flip, mesh,
                                            contexts.batch_context)
@@ -90,7 +90,8 @@ def _train(config: Config, stop_at: int | None, mesh, is_chief: bool, resumed: b
         grid_contexts = transform.for_training_grid(grid_contexts)
     columns = config.sample_columns if grid_contexts is None else len(grid_contexts)
     sampler_fn = make_sampler(model, schedule, (config.image_size, config.image_size, 3),
-                              config.sampler, config.sampling_steps, clip_denoised=config.clip_denoised, mesh=mesh)
+                              config.sampler, config.sampling_steps, clip_denoised=config.clip_denoised, mesh=mesh,
+                              prediction=config.prediction)
 
     def write_samples(state, step: int) -> None:
         images = sample_grid(sampler_fn, state.ema_params, jax.random.fold_in(sample_key, step),

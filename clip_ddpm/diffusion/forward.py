@@ -13,7 +13,7 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) ->
     return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * eps
 
 
-LOSS_WEIGHTINGS = ("uniform", "min_snr")
+LOSS_WEIGHTINGS = ("uniform", "min_snr", "clipped_snr")
 
 
 def eps_loss(eps_hat: jax.Array, eps: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -36,12 +36,18 @@ def loss_weights(schedule: Schedule, t: jax.Array, weighting: str = "uniform", g
     (Hang et al. 2023), min(SNR_t, γ) / SNR_t. The latter leaves the noisy timesteps (SNR < γ),
     where shape and colour are decided, at full weight and scales down the nearly clean ones,
     whose gradients otherwise conflict with and outweigh them; it is reported to reach the same
-    quality in a fraction of the steps."""
+    quality in a fraction of the steps.
+
+    clipped_snr, clip(SNR_t, 1, γ) / SNR_t, also floors the weight of the x0 error (the ε error
+    over sqrt(SNR)) at 1 where SNR < 1 (Salimans & Ho 2022's truncation): an x0- or v-predicting
+    network (diffusion.parameterization) would otherwise see the noisiest timesteps, where one
+    object of one colour has to be decided, at weight SNR_t (0.018 at T-1 of the linear schedule)."""
     if weighting == "uniform":
         return None
-    if weighting == "min_snr":
+    if weighting in ("min_snr", "clipped_snr"):
         ratio = snr(schedule, t)
-        return jnp.minimum(ratio, gamma) / ratio
+        floor = 1.0 if weighting == "clipped_snr" else 0.0
+        return jnp.clip(ratio, floor, gamma) / ratio
     raise ValueError(f"unknown loss weighting {weighting!r}; expected one of {LOSS_WEIGHTINGS}")
 
 

@@ -19,7 +19,7 @@ from clip_ddpm.diffusion import samplers, schedules
 
 def make_sampler(model: nn.Module, schedule: schedules.Schedule, image_shape: tuple[int, int, int],
                  sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-                 clip_denoised: bool = False, mesh: Mesh | None = None) -> Callable:
+                 clip_denoised: bool = False, mesh: Mesh | None = None, prediction: str = "eps") -> Callable:
     """fn(params, key, contexts [N, D] | None, guidance [N]) -> float images [N, H, W, C] in [-1, 1].
 
     With a `mesh`, the N samples are split over its devices (padded to a multiple of the device
@@ -33,7 +33,7 @@ def make_sampler(model: nn.Module, schedule: schedules.Schedule, image_shape: tu
             return model.apply(params, x, t_frac, c)
         shape = (guidance.shape[0],) + tuple(image_shape)
         return samplers.sample(eps_fn, schedule, key, shape, contexts, guidance, sampler, steps, eta,
-                               clip_denoised)
+                               clip_denoised, prediction)
 
     if mesh is None:
         return jax.jit(run)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from clip_ddpm.diffusion.parameterization import eps_from_output
 from clip_ddpm.diffusion.schedules import Schedule, broadcastable, per_example
 
 SAMPLERS = ("ddpm", "ddim")
@@ -118,11 +119,13 @@ def sampling_timesteps(num_timesteps: int, sampler: str, steps: int | None) -> l
 def sample(eps_fn: EpsFn, schedule: Schedule, key: jax.Array, shape: tuple[int, ...],
            context: jax.Array | None = None, guidance: jax.Array | float = 0.0,
            sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-           clip_denoised: bool = False) -> jax.Array:
+           clip_denoised: bool = False, prediction: str = "eps") -> jax.Array:
     """Runs the whole reverse process as one `lax.scan` and returns x_0 of `shape`.
 
     guidance may be a scalar or one w per sample, so one call draws a grid of several w.
     clip_denoised clips each step's estimate of x0 to [-1, 1] (see `ddpm_step`, `ddim_step`).
+    prediction says what eps_fn's output is (ε, x0 or v; diffusion.parameterization); the guided
+    output is read as the ε it implies.
     Call under `jax.jit` (with eps_fn closing over parameters) for one compiled program.
     """
     n = shape[0]
@@ -135,7 +138,8 @@ def sample(eps_fn: EpsFn, schedule: Schedule, key: jax.Array, shape: tuple[int, 
     def body(x, inputs):
         i, t_scalar, t_prev_scalar = inputs
         t = jnp.full((n,), t_scalar, jnp.int32)
-        eps_hat = guided_prediction(eps_fn, x, t, context, guidance, schedule.num_timesteps)
+        output = guided_prediction(eps_fn, x, t, context, guidance, schedule.num_timesteps)
+        eps_hat = eps_from_output(schedule, x, t, output, prediction)
         noise = jax.random.normal(jax.random.fold_in(key_loop, i), shape, jnp.float32)
         if sampler == "ddpm":
             x = ddpm_step(schedule, x, t, eps_hat, noise, clip_denoised)

@@ -90,6 +90,14 @@ def _time_section(results: dict) -> list[str]:
     return lines
 
 
+def _weighting(ddpm: dict) -> str:
+    """The loss weighting as the report names it (results.json of older studies lack it)."""
+    weighting = ddpm.get("loss_weighting", "uniform")
+    if weighting == "uniform":
+        return "uniform loss weighting"
+    return f"{weighting} loss weighting (γ = {ddpm['min_snr_gamma']:g})"
+
+
 def render_report(results: dict) -> str:
     config, judge = results["config"], results["judge"]
     ddpm = config["ddpm"]
@@ -105,7 +113,8 @@ def render_report(results: dict) -> str:
              f"- Seeds: {', '.join(str(s) for s in config['seeds'])}.",
              f"- DDPM: down_chs {','.join(str(c) for c in ddpm['down_chs'])}, {ddpm['num_steps']} steps of "
              f"batch {ddpm['batch_size']}, learning rate {ddpm['learning_rate']:g}, T = {ddpm['timesteps']} "
-             f"({ddpm['schedule']} schedule), EMA {ddpm['ema_decay']:g}, {ddpm['dtype']}.",
+             f"({ddpm['schedule']} schedule), the U-Net predicting {ddpm.get('prediction', 'eps')}, "
+             f"{_weighting(ddpm)}, EMA {ddpm['ema_decay']:g}, {ddpm['dtype']}.",
              f"- Sampling: {config['sampler']} with {config['sampling_steps']} steps; w swept over "
              f"{', '.join(f'{w:g}' for w in config['guidance'])}.",
              f"- Validation prompts (choose w): {config['validation_prompts']} prompts "

@@ -70,6 +70,8 @@ def assemble(setup, clip, scorer, health, judge, scores_val, scores_test, chosen
             "seeds": list(study.seeds), "guidance": list(study.guidance),
             "ddpm": {"down_chs": list(ddpm.down_chs), "num_steps": ddpm.num_steps, "batch_size": ddpm.batch_size,
                      "learning_rate": ddpm.learning_rate, "timesteps": ddpm.timesteps, "schedule": ddpm.schedule,
+                     "prediction": ddpm.prediction, "loss_weighting": ddpm.loss_weighting,
+                     "min_snr_gamma": ddpm.min_snr_gamma,
                      "ema_decay": ddpm.ema_decay, "dtype": ddpm.dtype, "dataset_size": ddpm.dataset_size,
                      "context_drop_prob": ddpm.context_drop_prob, "lafite_xi": ddpm.lafite_xi,
                      "gap_noise_std": ddpm.gap_noise_std, "holdout_pairs": list(ddpm.holdout_pairs)},

@@ -78,11 +78,12 @@ def contexts_for(run: TrainedRun, prompts: PromptSet) -> np.ndarray | None:
 def _sampler_for(run: TrainedRun, sampler: str, steps: int):
     c = run.config
     key = (c.down_chs, c.t_embed_dim, run.info.context_dim, c.image_size, c.dtype, c.conv_impl, c.timesteps,
-           c.schedule, c.beta_start, c.beta_end, c.clip_denoised, sampler, steps)
+           c.schedule, c.beta_start, c.beta_end, c.clip_denoised, c.prediction, sampler, steps)
     if key not in _SAMPLERS:
         _SAMPLERS[key] = make_sampler(builders.build_model(c, run.info.context_dim), builders.build_schedule(c),
                                       (c.image_size, c.image_size, 3), sampler, steps,
-                                      clip_denoised=c.clip_denoised, mesh=parallel.make_mesh())
+                                      clip_denoised=c.clip_denoised, mesh=parallel.make_mesh(),
+                                      prediction=c.prediction)
     return _SAMPLERS[key]
 
 

@@ -21,6 +21,15 @@ def test_a_tie_under_a_weak_text_variant_is_read_as_neither_a_win_nor_an_answer(
     assert "does not yet answer the question" in ratio_line
 
 
+def test_a_language_free_variant_ahead_of_text_is_said_to_be_ahead():
+    """The CPU study can draw image ahead of text (16.7% against 12.5%): not "-4.2 points behind"."""
+    ratio_line = next(line for line in reading(_results(text=0.125, image=0.167))
+                      if line.startswith("Without text labels"))
+    assert "(4.2 points ahead of it)" in ratio_line and "behind" not in ratio_line
+    behind = next(line for line in reading(_results(text=0.222, image=0.208)) if line.startswith("Without text"))
+    assert "(1.4 points behind)" in behind
+
+
 def test_a_text_variant_at_its_target_leaves_the_ratio_unqualified():
     lines = reading(_results(text=0.90, image=0.85))
     assert "ahead of image (85.0%)" in lines[0]

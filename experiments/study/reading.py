@@ -22,6 +22,13 @@ def _points(value: float) -> str:
     return f"{value:.1f}"
 
 
+def _behind_or_ahead(gap_points: float) -> str:
+    """text minus the language-free variant, in points, said as its distance behind or ahead."""
+    if gap_points < 0:
+        return f"{_points(-gap_points)} points ahead of it"
+    return f"{_points(gap_points)} points behind"
+
+
 def reading(results: dict) -> list[str]:
     summary, targets = results["summary"], results["targets"]
     both = summary["both"]
@@ -51,7 +58,7 @@ def reading(results: dict) -> list[str]:
                   if text_weak else "")
         out.append(f"Without text labels the best variant is {best} at {percent(both[best])}: "
                    f"{percent(ratio)} of the text variant's accuracy "
-                   f"({_points(summary['gap_to_text_points'])} points behind), so it {verdict} the target of "
+                   f"({_behind_or_ahead(summary['gap_to_text_points'])}), so it {verdict} the target of "
                    f"{percent(targets['ratio_to_text'])}{caveat}.")
         out += _overlap(results, best)
         if ratio < targets["ratio_to_text"]:

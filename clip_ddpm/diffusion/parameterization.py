@@ -36,15 +36,3 @@ def eps_from_output(schedule: Schedule, x_t: jax.Array, t: jax.Array, output: ja
         return jnp.sqrt(abar) * output + jnp.sqrt(1.0 - abar) * x_t
     raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
 
-
-def output_target(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array,
-                  prediction: str = "eps") -> jax.Array:
-    """What a perfect network outputs for the example (x0, t, ε): ε, x0 or v = sqrt(ᾱ)ε − sqrt(1 − ᾱ)x0."""
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x0
-    if prediction == "v":
-        abar = per_example(schedule.alphas_cumprod, t, x0.ndim)
-        return jnp.sqrt(abar) * eps - jnp.sqrt(1.0 - abar) * x0
-    raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")

@@ -88,7 +88,8 @@ def ddim_step(schedule: Schedule, x_t: jax.Array, t: jax.Array, t_prev: jax.Arra
 
 def guided_prediction(eps_fn: EpsFn, x_t: jax.Array, t: jax.Array, context: jax.Array | None,
                       guidance: jax.Array, num_timesteps: int) -> jax.Array:
-    """ε for classifier-free guidance from ONE batched network call on [x; x] with [c; 0].
+    """The guided network output from ONE batched network call on [x; x] with [c; 0]: ε, or
+    whatever the network predicts (x0, v), since guidance is affine in it.
 
     With no context (an unconditional model) the network is called once, unguided.
     """

@@ -55,3 +55,35 @@ def test_the_reading_says_whether_the_image_counts_tell_text_and_image_apart():
     assert "do not overlap (text [93.5%, 96.2%], image [83.7%, 88.0%])" in many
     # Without intervals (results of an older study) the reading says nothing of them.
     assert not any("intervals" in line for line in reading(_results(text=0.5, image=0.46)))
+
+
+def test_an_attribute_no_variant_draws_better_than_chance_is_named_with_what_separates_them():
+    """The CPU study at 800 steps: shape right on 12.5-20.8% of 72 images (chance 1/6) in every
+    conditioned variant, colour 80.6-95.8%. The reading must not rank them on shape's draw."""
+    from clip_ddpm.evaluation.metrics import wilson_interval
+
+    images = 72
+    right = {"text": (9, 69), "image": (15, 58), "none": (13, 11)}  # (shape, colour) right of 72
+    results = _results(text=0.125, image=0.167)
+    results["judge"]["chance"] = {"shape": 1 / 6, "colour": 1 / 6}
+    results["test"] = {v: {"accuracy_shape": {"mean": s / images}, "accuracy_colour": {"mean": c / images}}
+                       for v, (s, c) in right.items()}
+    results["test_attribute_intervals"] = {
+        v: {a: dict(zip(("low", "high"), wilson_interval(k, images))) for a, k in zip(("shape", "colour"), counts)}
+        for v, counts in right.items()}
+    results["summary"]["gain_over_image_points"] = {"image_gapshift": -1.4}
+    results["summary"]["attribute_gain_over_image_points"] = {"image_gapshift": {"shape": -4.2, "colour": 9.7}}
+    lines = reading(results)
+    shape_line = next(line for line in lines if line.startswith("No variant draws shape"))
+    assert "chance (16.7%; text 12.5%, image 20.8%;" in shape_line and "none" not in shape_line
+    assert not any(line.startswith("No variant draws colour") for line in lines)
+    assert "What tells the variants apart is colour: text 95.8%, image 80.6%, none 15.3%." in lines
+    assert ("image_gapshift against plain image conditioning: -1.4 points; it does not close the gap; "
+            "on colour alone 9.7 points.") in lines
+
+    # 30 of 72 shapes right for text ([31.0%, 53.4%]) is clearly above chance: nothing is said.
+    right["text"] = (30, 69)
+    results["test_attribute_intervals"]["text"]["shape"] = dict(zip(("low", "high"), wilson_interval(30, images)))
+    lines = reading(results)
+    assert not any(line.startswith(("No variant draws", "What tells")) for line in lines)
+    assert "image_gapshift against plain image conditioning: -1.4 points; it does not close the gap." in lines

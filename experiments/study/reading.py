@@ -7,7 +7,10 @@ target is missed, which factor the numbers point to:
     own zero-shot classification does from real images;
   * guidance: its best w is the largest one tried;
   * the gap: a gap-closing variant gains clearly over plain image conditioning;
-and, under all of them, the DDPM itself when even the text variant is weak.
+and, under all of them, the DDPM itself when even the text variant is weak. When no conditioned
+variant draws an attribute better than chance (its interval reaches down to chance for every one),
+the reading says so and names the attributes that do tell the variants apart: all right is then
+mostly the draw of the attribute at chance.
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ def reading(results: dict) -> list[str]:
         out.append(f"Trained on text labels the DDPM reaches {percent(both['text'])}, which {met} the "
                    f"{percent(targets['text_accuracy'])} wanted of a DDPM good enough to make the comparison "
                    "informative.")
+    at_chance, separating = _attributes_at_chance(results)
+    out += _chance_lines(results, at_chance, separating)
     best = summary.get("best_language_free")
     if best is not None and "ratio_to_text" in summary:
         ratio = summary["ratio_to_text"]
@@ -68,7 +73,9 @@ def reading(results: dict) -> list[str]:
         if variant.startswith(("image_noise", "image_gapshift")):
             change = "closes part of the gap" if gain >= CLEAR_GAIN_POINTS else (
                 "does not close the gap" if gain > -CLEAR_GAIN_POINTS else "widens the gap")
-            out.append(f"{variant} against plain image conditioning: {_points(gain)} points; it {change}.")
+            by_attribute = summary.get("attribute_gain_over_image_points", {}).get(variant, {})
+            on = "".join(f"; on {a} alone {_points(by_attribute[a])} points" for a in separating if a in by_attribute)
+            out.append(f"{variant} against plain image conditioning: {_points(gain)} points; it {change}{on}.")
     if "image_elementwise" in gains:
         out.append(f"Element-wise context dropout (the course's mask) against whole-vector dropout: "
                    f"{_points(gains['image_elementwise'])} points.")
@@ -76,6 +83,36 @@ def reading(results: dict) -> list[str]:
         if floor in both:
             role = "one-hot labels" if floor == "class" else "no context: the floor"
             out.append(f"For reference, {floor} ({role}) reaches {percent(both[floor])}.")
+    return out
+
+
+def _attributes_at_chance(results: dict) -> tuple[list[str], list[str]]:
+    """(attributes no conditioned variant draws better than chance, the other attributes when
+    there are such), from the per-attribute test intervals; both empty without them."""
+    intervals, chance = results.get("test_attribute_intervals"), results["judge"].get("chance")
+    if not intervals or not chance:
+        return [], []
+    conditioned = [v for v in intervals if v != "none"]
+    attributes = [a for a in chance if all(a in intervals[v] for v in intervals)]
+    at_chance = [a for a in attributes if conditioned and all(intervals[v][a]["low"] <= chance[a] for v in conditioned)]
+    return at_chance, [a for a in attributes if a not in at_chance] if at_chance else []
+
+
+def _chance_lines(results: dict, at_chance: list[str], separating: list[str]) -> list[str]:
+    """What the table can and cannot say when an attribute is drawn at chance by every variant."""
+    intervals, chance = results.get("test_attribute_intervals"), results["judge"].get("chance")
+    conditioned = [v for v in (intervals or {}) if v != "none"]
+    out = []
+    for attribute in at_chance:
+        shown = ", ".join(f"{v} {percent(results['test'][v][f'accuracy_{attribute}']['mean'])}" for v in conditioned)
+        out.append(f"No variant draws {attribute} better than chance ({percent(chance[attribute])}; {shown}; "
+                   "each 95% interval reaches down to it), so all right rests on the draw of the "
+                   f"{attribute} and says little about the conditioning.")
+    for attribute in separating:
+        key = f"accuracy_{attribute}"
+        ranked = sorted(intervals, key=lambda v: -results["test"][v][key]["mean"])
+        shown = ", ".join(f"{v} {percent(results['test'][v][key]['mean'])}" for v in ranked)
+        out.append(f"What tells the variants apart is {attribute}: {shown}.")
     return out
 
 

@@ -33,14 +33,14 @@ def _aggregate(per_seed: list[dict], w_key: str) -> dict[str, dict]:
     return out
 
 
-def _pooled_interval(per_seed: list[dict]) -> dict:
-    """The 95% Wilson interval of the all-right accuracy over every seed's test images pooled: with
-    tens of images per variant, differences inside it are what another draw could give."""
+def _pooled_interval(per_seed: list[dict], metric: str = "accuracy_both") -> dict:
+    """The 95% Wilson interval of an accuracy over every seed's test images pooled: with tens of
+    images per variant, differences inside it are what another draw could give."""
     images = successes = 0
     for seed in per_seed:
         scores = next(iter(seed["scores"].values()))
         images += int(scores["images"])
-        successes += int(round(scores["accuracy_both"] * scores["images"]))
+        successes += int(round(scores[metric] * scores["images"]))
     low, high = wilson_interval(successes, images)
     return {"low": low, "high": high, "successes": successes, "images": images, "level": 0.95}
 
@@ -88,6 +88,7 @@ def assemble(setup, clip, scorer, health, judge, scores_val, scores_test, chosen
         "judge": {"name": judge.name, "attributes": list(judge.attributes), "accuracy_on_real": accuracy_on_real,
                   "real_images": references["real_images"],
                   "min_accuracy": study.oracle_min_accuracy, "feature_space": judge.feature_space,
+                  "chance": {a: 1.0 / len(np.unique(judge.class_attributes[a])) for a in judge.attributes},
                   "trusted": all(accuracy_on_real[a] >= study.oracle_min_accuracy for a in judge.attributes)},
         "holdout_classes": list(holdout),
         "chosen_guidance": chosen,
@@ -95,6 +96,10 @@ def assemble(setup, clip, scorer, health, judge, scores_val, scores_test, chosen
                        for v, per_seed in scores_val.items()},
         "test": {v: _aggregate(per_seed, next(iter(per_seed[0]["scores"]))) for v, per_seed in scores_test.items()},
         "test_intervals": {v: _pooled_interval(per_seed) for v, per_seed in scores_test.items()},
+        "test_attribute_intervals": {
+            v: {a: _pooled_interval(per_seed, f"accuracy_{a}") for a in judge.attributes
+                if f"accuracy_{a}" in next(iter(per_seed[0]["scores"].values()))}
+            for v, per_seed in scores_test.items()},
         "real": references,
         "timings": {"phases": phases, "total_seconds": float(sum(phases.values())), "runs": timings["runs"],
                     "invocations": timings["invocations"]},
@@ -119,6 +124,11 @@ def reading_numbers(results: dict) -> dict:
             summary["gap_to_text_points"] = 100.0 * (both["text"] - free[best])
     if "image" in both:
         summary["gain_over_image_points"] = {v: 100.0 * (a - both["image"]) for v, a in free.items() if v != "image"}
+        summary["attribute_gain_over_image_points"] = {
+            v: {a: 100.0 * (test[v][f"accuracy_{a}"]["mean"] - test["image"][f"accuracy_{a}"]["mean"])
+                for a in results["judge"]["attributes"]
+                if f"accuracy_{a}" in test[v] and f"accuracy_{a}" in test["image"]}
+            for v in free if v != "image"}
     return summary
 
 

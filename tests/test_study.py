@@ -17,6 +17,7 @@ from clip_ddpm.data import shapes
 from clip_ddpm.ddpm.context_transform import load_context_transform
 from clip_ddpm.ddpm.trainer import train_and_evaluate
 from clip_ddpm.errors import UserError
+from clip_ddpm.evaluation.metrics import wilson_interval
 from clip_ddpm.training.flags import read_flagfile
 from clip_ddpm.ddpm.config import Config
 from experiments.study import config as study_config
@@ -104,10 +105,17 @@ def test_micro_study_reports_its_own_numbers_chooses_w_on_validation_and_resumes
         assert saved["chosen_guidance"][variant] == best
         assert test["guidance"] == [best]
         assert saved["test"][variant]["accuracy_both"]["per_seed"] == [test["scores"][f"{best:g}"]["accuracy_both"]]
+        # Per-attribute intervals count the same test images' right answers (72 of them, one seed).
+        for attribute in ("shape", "colour"):
+            right = round(test["scores"][f"{best:g}"][f"accuracy_{attribute}"] * 72)
+            interval = saved["test_attribute_intervals"][variant][attribute]
+            assert (interval["successes"], interval["images"]) == (right, 72)
+            assert (interval["low"], interval["high"]) == pytest.approx(wilson_interval(right, 72))
         assert f"| {variant} | " in report
         with np.load(folder / "validation.npz") as v, np.load(folder / "test.npz") as t:
             assert not set(v["texts"].tolist()) & set(t["texts"].tolist())
             assert len(t["images"]) == 36 * 2 and set(t["guidance"].tolist()) == {best}
+    assert saved["judge"]["chance"] == {"shape": pytest.approx(1 / 6), "colour": pytest.approx(1 / 6)}
     assert saved["validation"]["none"].keys() == {"0"}  # w does not apply to the unconditional model
     csv_lines = (workdir / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("set,variant,seed,w,") and len(csv_lines) > 1 + 4 * 3

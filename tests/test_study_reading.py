@@ -1,5 +1,6 @@
 """The report's reading, written from the numbers: a tie is called a tie, and a language-free
 variant that matches a text variant which itself misses its target is not read as an answer."""
+from clip_ddpm.evaluation.metrics import wilson_interval
 from experiments.study.reading import reading
 
 TARGETS = {"text_accuracy": 0.85, "ratio_to_text": 0.90}
@@ -38,8 +39,6 @@ def test_a_text_variant_at_its_target_leaves_the_ratio_unqualified():
 
 
 def test_the_reading_says_whether_the_image_counts_tell_text_and_image_apart():
-    from clip_ddpm.evaluation.metrics import wilson_interval
-
     def with_intervals(text_right: int, image_right: int, images: int) -> dict:
         results = _results(text=text_right / images, image=image_right / images)
         results["test_intervals"] = {
@@ -60,8 +59,6 @@ def test_the_reading_says_whether_the_image_counts_tell_text_and_image_apart():
 def test_an_attribute_no_variant_draws_better_than_chance_is_named_with_what_separates_them():
     """The CPU study at 800 steps: shape right on 12.5-20.8% of 72 images (chance 1/6) in every
     conditioned variant, colour 80.6-95.8%. The reading must not rank them on shape's draw."""
-    from clip_ddpm.evaluation.metrics import wilson_interval
-
     images = 72
     right = {"text": (9, 69), "image": (15, 58), "none": (13, 11)}  # (shape, colour) right of 72
     results = _results(text=0.125, image=0.167)

@@ -52,8 +52,8 @@ def reading(results: dict) -> list[str]:
         out.append(f"Trained on text labels the DDPM reaches {percent(both['text'])}, which {met} the "
                    f"{percent(targets['text_accuracy'])} wanted of a DDPM good enough to make the comparison "
                    "informative.")
-    at_chance, separating = _attributes_at_chance(results)
-    out += _chance_lines(results, at_chance, separating)
+    chance_lines, separating = _attributes_at_chance(results)
+    out += chance_lines
     best = summary.get("best_language_free")
     if best is not None and "ratio_to_text" in summary:
         ratio = summary["ratio_to_text"]
@@ -87,33 +87,33 @@ def reading(results: dict) -> list[str]:
 
 
 def _attributes_at_chance(results: dict) -> tuple[list[str], list[str]]:
-    """(attributes no conditioned variant draws better than chance, the other attributes when
-    there are such), from the per-attribute test intervals; both empty without them."""
+    """(lines naming each attribute no conditioned variant draws better than chance and the
+    attributes that separate the variants instead, those separating attributes), from the
+    per-attribute test intervals; both empty without them or when no attribute is at chance."""
     intervals, chance = results.get("test_attribute_intervals"), results["judge"].get("chance")
     if not intervals or not chance:
         return [], []
     conditioned = [v for v in intervals if v != "none"]
     attributes = [a for a in chance if all(a in intervals[v] for v in intervals)]
     at_chance = [a for a in attributes if conditioned and all(intervals[v][a]["low"] <= chance[a] for v in conditioned)]
-    return at_chance, [a for a in attributes if a not in at_chance] if at_chance else []
+    if not at_chance:
+        return [], []
+    separating = [a for a in attributes if a not in at_chance]
 
+    def accuracy(variant: str, attribute: str) -> float:
+        return results["test"][variant][f"accuracy_{attribute}"]["mean"]
 
-def _chance_lines(results: dict, at_chance: list[str], separating: list[str]) -> list[str]:
-    """What the table can and cannot say when an attribute is drawn at chance by every variant."""
-    intervals, chance = results.get("test_attribute_intervals"), results["judge"].get("chance")
-    conditioned = [v for v in (intervals or {}) if v != "none"]
-    out = []
+    lines = []
     for attribute in at_chance:
-        shown = ", ".join(f"{v} {percent(results['test'][v][f'accuracy_{attribute}']['mean'])}" for v in conditioned)
-        out.append(f"No variant draws {attribute} better than chance ({percent(chance[attribute])}; {shown}; "
-                   "each 95% interval reaches down to it), so all right rests on the draw of the "
-                   f"{attribute} and says little about the conditioning.")
+        shown = ", ".join(f"{v} {percent(accuracy(v, attribute))}" for v in conditioned)
+        lines.append(f"No variant draws {attribute} better than chance ({percent(chance[attribute])}; {shown}; "
+                     "each 95% interval reaches down to it), so all right rests on the draw of the "
+                     f"{attribute} and says little about the conditioning.")
     for attribute in separating:
-        key = f"accuracy_{attribute}"
-        ranked = sorted(intervals, key=lambda v: -results["test"][v][key]["mean"])
-        shown = ", ".join(f"{v} {percent(results['test'][v][key]['mean'])}" for v in ranked)
-        out.append(f"What tells the variants apart is {attribute}: {shown}.")
-    return out
+        ranked = sorted(intervals, key=lambda v: -accuracy(v, attribute))
+        lines.append(f"What tells the variants apart is {attribute}: "
+                     + ", ".join(f"{v} {percent(accuracy(v, attribute))}" for v in ranked) + ".")
+    return lines, separating
 
 
 def _overlap(results: dict, best: str) -> list[str]:

@@ -14,11 +14,12 @@ from clip_ddpm.clip import embedding_cache as embeddings
 from clip_ddpm.clip.encoder import CLIPEncoder
 from clip_ddpm.ddpm import builders
 from clip_ddpm.ddpm.config import Config
+from clip_ddpm.ddpm.context_transform import build_context_transform
 from clip_ddpm.ddpm.sample_contexts import contexts_for_request, encode_prompts
 from clip_ddpm.ddpm.sampling import SampleRequest, generate_samples
 from clip_ddpm.ddpm.trainer import train_and_evaluate
 from clip_ddpm.errors import UserError
-from clip_ddpm.training.datasets import load_split
+from clip_ddpm.training.datasets import load_split, same_examples_at_size
 from clip_ddpm.training.workdir import RunInfo, read_run_info
 
 PROJECTION_DIM = 20
@@ -125,3 +126,35 @@ def test_a_clip_replaced_after_training_is_refused_by_resume_and_by_prompts(tmp_
     with pytest.raises(UserError, match="other weights"):
         generate_samples(SampleRequest(workdir=config.workdir, prompts=PROMPTS, guidance=(1.0,)))
     assert saved == {name: (tmp_path / "clip_image" / name).read_bytes() for name in saved}
+
+
+def test_clip_image_size_embeds_the_same_examples_at_the_clips_resolution(tmp_path, clip_dir):
+    # A 16 px DDPM conditioned by a 32 px CLIP: the contexts are CLIP's embeddings of the same
+    # training examples rendered at 32 px, not of the 16 px images resized by its preprocessing.
+    config = dataclasses.replace(_config(tmp_path, clip_dir, "clip_image"), clip_image_size=32)
+    dataset = load_split(config)
+    sharp = load_split(dataclasses.replace(config, image_size=32))
+    assert dataset.image_size == 16 and sharp.image_size == 32
+    np.testing.assert_array_equal(sharp.labels, dataset.labels)
+    source = builders.build_context_source(config, dataset)
+    encoder = CLIPEncoder.from_pretrained(clip_dir)
+    np.testing.assert_allclose(source.vectors, encoder.encode_images(sharp.images), rtol=0, atol=1e-5)
+    resized = encoder.encode_images(dataset.images)
+    assert np.max(np.abs(source.vectors - resized)) > 1e-2  # the two views really differ
+
+    # The gap shift's image mean is taken over the same 32 px embeddings.
+    shifted = dataclasses.replace(config, context_transform="gapshift")
+    transform = build_context_transform(shifted, dataset, builders.build_context_source(shifted, dataset))
+    np.testing.assert_allclose(transform.train_mean, np.mean(encoder.encode_images(sharp.images), axis=0),
+                               rtol=0, atol=1e-5)
+
+
+def test_examples_that_differ_between_sizes_are_refused(tmp_path, clip_dir):
+    config = _config(tmp_path, clip_dir, "clip_image")
+    dataset = load_split(config)
+    reordered = dataclasses.replace(dataset, labels=dataset.labels[::-1].copy())
+    with pytest.raises(UserError, match="does not list the same examples"):
+        same_examples_at_size(config, reordered, 32)
+    assert same_examples_at_size(config, dataset, 16) is dataset
+    with pytest.raises(UserError, match="--clip_image_size must be 0"):
+        dataclasses.replace(config, clip_image_size=4).validate()

@@ -328,8 +328,10 @@ def clip_context_vectors(config, dataset: ImageDataset, split: str = "train",
 
     trained_clip: the (weights hash, fingerprint) of the CLIP a resumed run was trained with;
     another CLIP at --clip_model is refused before any embedding is computed.
+    With --clip_image_size, image embeddings are of the same examples loaded at that size.
     """
     from clip_ddpm.clip.encoder import CLIPEncoder
+    from clip_ddpm.training.datasets import same_examples_at_size
     from clip_ddpm.training.workdir import check_same_clip
 
     kind = CONDITION_KINDS.get(config.condition)
@@ -337,6 +339,8 @@ def clip_context_vectors(config, dataset: ImageDataset, split: str = "train",
         raise EmbeddingCacheError(f"--condition={config.condition} has no CLIP embeddings")
     encoder = CLIPEncoder.from_pretrained(config.clip_model, revision=config.clip_revision)
     check_same_clip(trained_clip, config.clip_model, encoder.weights_hash, encoder.fingerprint)
+    if kind == "image" and config.clip_image_size:
+        dataset = same_examples_at_size(config, dataset, config.clip_image_size, split)
     vectors, directory = cached_embeddings(dataset, encoder, kind, config.clip_cache_dir, split)
     logging.info("CLIP %s contexts of %s: %s from %s", kind, dataset.name, vectors.shape, directory)
     return as_contexts(vectors), encoder

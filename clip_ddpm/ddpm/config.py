@@ -35,6 +35,10 @@ class Config(RunConfig):
     clip_revision: str = field("", "With a hub id as --clip_model: the branch, tag or commit to use (empty: main).")
     clip_cache_dir: str = field("", "Root of the CLIP embedding cache (empty: $CLIP_DDPM_CACHE, else "
                                     "~/.cache/clip_ddpm).")
+    clip_image_size: int = field(0, "Pixel size at which CLIP embeds the training images (--condition=clip_image, and "
+                                    "the image mean of gapshift): the same examples loaded at that size, so a DDPM "
+                                    "trained at low resolution is conditioned on what its CLIP sees at its own. "
+                                    "0: the DDPM's --image_size, resized by CLIP's preprocessing.")
     context_drop: str = field("sample", "Classifier-free dropout: whole vector or elementwise.", DROP_MODES)
     context_drop_prob: float = field(0.1, "Probability that a context (or element) is dropped.")
     context_transform: str = field("none", "Gap-closing map of CLIP contexts: LAFITE noise, or centring "
@@ -101,6 +105,9 @@ class Config(RunConfig):
         if self.loss_weighting == "clipped_snr" and self.min_snr_gamma < 1.0:
             raise UserError(f"--loss_weighting=clipped_snr keeps the x0 weight in [1, gamma]; "
                             f"--min_snr_gamma must be at least 1, got {self.min_snr_gamma}")
+        if self.clip_image_size and self.clip_image_size < 8:
+            raise UserError(f"--clip_image_size must be 0 (the DDPM's --image_size) or at least 8, "
+                            f"got {self.clip_image_size}")
         if self.gap_noise_std < 0.0:
             raise UserError(f"--gap_noise_std must not be negative, got {self.gap_noise_std}")
         if self.condition in ("clip_image", "clip_text") and not self.clip_model:

@@ -1,9 +1,13 @@
 """The images a run trains or evaluates on, as its flags describe them (both trainers)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import numpy as np
+
 from clip_ddpm.data import ImageDataset, load_dataset
+from clip_ddpm.errors import UserError
 from clip_ddpm.training.run_config import RunConfig
 
 
@@ -27,3 +31,19 @@ def load_split(config: RunConfig, split: str = "train", num_images: int = 0, who
     index, count = (0, 1) if whole else (jax.process_index(), jax.process_count())
     return load_dataset(config.dataset, split=split, image_size=config.image_size, seed=config.seed,
                         process_index=index, process_count=count, **options)
+
+
+
+def same_examples_at_size(config: RunConfig, dataset: ImageDataset, image_size: int, split: str = "train",
+                          num_images: int = 0, whole: bool = False) -> ImageDataset:
+    """`dataset`, loaded by `load_split(config, split, num_images, whole)`, again at `image_size`
+    pixels: for a model that reads the same examples at another resolution than the run trains
+    on, as a CLIP embedding the training images of a low-resolution DDPM. Refused, not mixed,
+    when the examples at the two sizes differ."""
+    if dataset.image_size == image_size:
+        return dataset
+    other = load_split(dataclasses.replace(config, image_size=image_size), split, num_images, whole)
+    if not (np.array_equal(other.labels, dataset.labels) and list(other.captions) == list(dataset.captions)):
+        raise UserError(f"{dataset.name} loaded at {image_size} px does not list the same examples "
+                        f"as at {dataset.image_size} px, so it cannot stand in for it")
+    return other

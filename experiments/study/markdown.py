@@ -106,7 +106,10 @@ def render_report(results: dict) -> str:
              "only in its context; all are sampled from text prompts (class: from labels) and judged by a "
              "scorer that is not the model being judged.", "",
              "## Set-up", "",
-             f"- Data: {config['dataset']} at {config['image_size']} px, {config['num_classes']} classes.",
+             f"- Data: {config['dataset']} at {config['image_size']} px"
+             + (f" (CLIP embeds the same training images at {ddpm['clip_image_size']} px)"
+                if ddpm.get("clip_image_size") not in (None, 0, config["image_size"]) else "")
+             + f", {config['num_classes']} classes.",
              f"- Variants run: {', '.join(config['variants'])}."
              + (f" Not run in this configuration: {', '.join(config['variants_not_run'])}."
                 if config["variants_not_run"] else ""),
@@ -115,7 +118,8 @@ def render_report(results: dict) -> str:
              f"batch {ddpm['batch_size']}, learning rate {ddpm['learning_rate']:g}, T = {ddpm['timesteps']} "
              f"({ddpm['schedule']} schedule), the U-Net predicting {ddpm.get('prediction', 'eps')}, "
              f"{_weighting(ddpm)}, EMA {ddpm['ema_decay']:g}, {ddpm['dtype']}.",
-             f"- Sampling: {config['sampler']} with {config['sampling_steps']} steps; w swept over "
+             f"- Sampling: {config['sampler']} with {config['sampling_steps']} steps"
+             + (", x0 estimates clipped to [-1, 1]" if ddpm.get("clip_denoised") else "") + "; w swept over "
              f"{', '.join(f'{w:g}' for w in config['guidance'])}.",
              f"- Validation prompts (choose w): {config['validation_prompts']} prompts "
              f"({'; '.join(repr(t) for t in config['validation_templates'])}), {config['validation_samples']} "

@@ -33,12 +33,13 @@ def _finished_step(workdir: str) -> int | None:
         checkpoints.close()
 
 
-def _real_sets(setup: StudySetup):
-    """(real test images with every class, the first seed's training images)."""
+def _real_sets(setup: StudySetup, image_size: int = 0):
+    """(the first seed's training images, real test images with every class), at `image_size`
+    pixels (0: the DDPM's)."""
     from clip_ddpm.training.datasets import load_split
 
     study, ddpm = setup.study, setup.ddpm
-    first = dataclasses.replace(ddpm, seed=study.seeds[0])
+    first = dataclasses.replace(ddpm, seed=study.seeds[0], image_size=image_size or ddpm.image_size)
     train = load_split(first, "train", whole=True)
     test = load_split(dataclasses.replace(first, holdout_pairs=()), "test", num_images=study.real_test_images,
                       whole=True)
@@ -77,6 +78,8 @@ def run_study(setup: StudySetup) -> dict | None:
     progress.note(("resuming the study in " if resumed else "new study in ") + study.workdir)
     cache_dir = setup.ddpm.clip_cache_dir or os.path.join(study.workdir, "embeddings")
     train, real = _real_sets(setup)
+    # What the conditioning CLIP reads its images at (the same examples), for its embedding health.
+    clip_train, clip_real = _real_sets(setup, setup.ddpm.clip_image_size) if setup.ddpm.clip_image_size else (train, real)
     is_shapes = setup.ddpm.dataset == "shapes"
     uses_clip = any(uses_prompts(v) for v in study.variants)
 
@@ -88,12 +91,12 @@ def run_study(setup: StudySetup) -> dict | None:
         if clip is not None:
             encoders["conditioning"] = CLIPEncoder.from_pretrained(clip.path)
             health["conditioning"] = load_or_measure_health(os.path.join(study.workdir, "embedding_health.json"),
-                                                            encoders["conditioning"], train, real, cache_dir)
+                                                            encoders["conditioning"], clip_train, clip_real, cache_dir)
         if scorer is not None:
             encoders["independent"] = CLIPEncoder.from_pretrained(scorer.path)
             health["independent"] = load_or_measure_health(
-                os.path.join(study.workdir, "embedding_health_scorer.json"), encoders["independent"], train,
-                real, os.path.join(study.workdir, "embeddings_scorer"))
+                os.path.join(study.workdir, "embedding_health_scorer.json"), encoders["independent"], clip_train,
+                clip_real, os.path.join(study.workdir, "embeddings_scorer"))
 
     with progress.phase("judge"):
         if study.oracle == "cnn":

@@ -33,7 +33,6 @@ def load_split(config: RunConfig, split: str = "train", num_images: int = 0, who
                         process_index=index, process_count=count, **options)
 
 
-
 def same_examples_at_size(config: RunConfig, dataset: ImageDataset, image_size: int, split: str = "train",
                           num_images: int = 0, whole: bool = False) -> ImageDataset:
     """`dataset`, loaded by `load_split(config, split, num_images, whole)`, again at `image_size`

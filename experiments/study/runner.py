@@ -79,7 +79,8 @@ def run_study(setup: StudySetup) -> dict | None:
     cache_dir = setup.ddpm.clip_cache_dir or os.path.join(study.workdir, "embeddings")
     train, real = _real_sets(setup)
     # What the conditioning CLIP reads its images at (the same examples), for its embedding health.
-    clip_train, clip_real = _real_sets(setup, setup.ddpm.clip_image_size) if setup.ddpm.clip_image_size else (train, real)
+    clip_size = setup.ddpm.clip_image_size
+    clip_train, clip_real = _real_sets(setup, clip_size) if clip_size else (train, real)
     is_shapes = setup.ddpm.dataset == "shapes"
     uses_clip = any(uses_prompts(v) for v in study.variants)
 

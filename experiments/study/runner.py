@@ -80,7 +80,8 @@ def run_study(setup: StudySetup) -> dict | None:
     train, real = _real_sets(setup)
     # What the conditioning CLIP reads its images at (the same examples), for its embedding health.
     clip_size = setup.ddpm.clip_image_size
-    clip_train, clip_real = _real_sets(setup, clip_size) if clip_size else (train, real)
+    clip_train, clip_real = (_real_sets(setup, clip_size) if clip_size not in (0, setup.ddpm.image_size)
+                             else (train, real))
     is_shapes = setup.ddpm.dataset == "shapes"
     uses_clip = any(uses_prompts(v) for v in study.variants)
 
